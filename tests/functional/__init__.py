@@ -1,0 +1,1 @@
+"""Functional tests: as root, against real Open vSwitch daemons in real network namespaces."""

@@ -1,0 +1,337 @@
+"""Frozen dataclasses for OverlayNetwork and Endpoint, parsed once at the edge from API dicts.
+
+The parsers apply the same rules as the CRD schema and its CEL rules (crds/), so that entry points
+that do not pass through the API server (the CNI and Docker plugins, the lab) reject the same input
+with the same field path. Every parser raises ``voile.errors.ValidationError(field, message)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from voile.api import constants as c
+from voile.errors import ValidationError
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_IFNAME = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
+
+Raw = Mapping[str, Any]
+
+
+# -- small values --------------------------------------------------------------------------------
+
+
+def parse_mac(value: object, field: str) -> str:
+    """A unicast MAC in canonical lower-case colon form."""
+    if not isinstance(value, str) or not _MAC.match(value.lower()):
+        raise ValidationError(field, f"{value!r} is not a MAC address like 02:00:00:00:00:01")
+    mac = value.lower()
+    if int(mac[:2], 16) & 0x01:
+        raise ValidationError(field, f"{mac} is a multicast or broadcast MAC; use a unicast one")
+    if mac == "00:00:00:00:00:00":
+        raise ValidationError(field, "the all-zero MAC is not a valid interface address")
+    return mac
+
+
+def parse_ipv4(value: object, field: str) -> ipaddress.IPv4Address:
+    if not isinstance(value, str):
+        raise ValidationError(field, f"{value!r} is not an IPv4 address")
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValidationError(field, f"{value!r} is not an IPv4 address") from None
+
+
+def parse_cidr(value: object, field: str) -> ipaddress.IPv4Network:
+    if not isinstance(value, str) or "/" not in value:
+        raise ValidationError(field, f"{value!r} is not an IPv4 CIDR like 198.18.1.0/24")
+    try:
+        network = ipaddress.IPv4Network(value, strict=False)
+    except ValueError:
+        raise ValidationError(field, f"{value!r} is not an IPv4 CIDR like 198.18.1.0/24") from None
+    if str(network) != value:
+        raise ValidationError(
+            field, f"{value!r} has host bits set (or is not canonical); did you mean {network}?"
+        )
+    if network.prefixlen > 30:
+        raise ValidationError(field, f"{value} leaves no usable address; use a /30 or larger")
+    return network
+
+
+def mac_for(ip: ipaddress.IPv4Address) -> str:
+    """The stable locally administered unicast MAC derived from an address: 0a:58:<ip bytes>.
+
+    Stable across restarts and re-creation (an ARP cache entry stays right), and the same scheme
+    OVN-Kubernetes uses, so operators reading a capture recognise it.
+    """
+    octets = ip.packed
+    return "0a:58:" + ":".join(f"{b:02x}" for b in octets)
+
+
+# -- exclusions ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class AddressRange:
+    """An inclusive range of IPv4 addresses (a single address has first == last)."""
+
+    first: ipaddress.IPv4Address
+    last: ipaddress.IPv4Address
+
+    def __contains__(self, ip: object) -> bool:
+        return isinstance(ip, ipaddress.IPv4Address) and self.first <= ip <= self.last
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+def parse_range(value: object, field: str) -> AddressRange:
+    """``a.b.c.d``, ``a.b.c.d-a.b.c.e`` or ``a.b.c.d/n``."""
+    if not isinstance(value, str):
+        raise ValidationError(field, f"{value!r} is not an address, range or CIDR")
+    if "-" in value:
+        left, _, right = value.partition("-")
+        first, last = parse_ipv4(left.strip(), field), parse_ipv4(right.strip(), field)
+        if last < first:
+            raise ValidationError(field, f"range {value!r} ends before it starts")
+        return AddressRange(first=first, last=last)
+    if "/" in value:
+        try:
+            net = ipaddress.IPv4Network(value, strict=True)
+        except ValueError:
+            raise ValidationError(field, f"{value!r} is not a CIDR with host bits zero") from None
+        return AddressRange(first=net.network_address, last=net.broadcast_address)
+    ip = parse_ipv4(value, field)
+    return AddressRange(first=ip, last=ip)
+
+
+# -- OverlayNetwork ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class NetworkSpec:
+    cidr: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address | None = None
+    vni: int | None = None
+    mtu: int | None = None
+    exclude: tuple[AddressRange, ...] = ()
+
+    @property
+    def prefix_length(self) -> int:
+        return self.cidr.prefixlen
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class OverlayNetwork:
+    name: str
+    uid: str
+    generation: int
+    spec: NetworkSpec
+    deleting: bool = False
+    # What the operator has settled (from status); None until it has.
+    vni: int | None = None
+    mtu: int | None = None
+
+
+_NETWORK_SPEC_FIELDS = frozenset({"cidr", "gateway", "vni", "mtu", "excludeIPs"})
+
+
+def parse_network_spec(spec: Raw) -> NetworkSpec:
+    _no_unknown(spec, _NETWORK_SPEC_FIELDS, "spec")
+    if "cidr" not in spec:
+        raise ValidationError("spec.cidr", "is required")
+    cidr = parse_cidr(spec["cidr"], "spec.cidr")
+    gateway = None
+    if spec.get("gateway") is not None:
+        gateway = parse_ipv4(spec["gateway"], "spec.gateway")
+        if gateway not in cidr:
+            raise ValidationError("spec.gateway", f"{gateway} is outside spec.cidr {cidr}")
+        if gateway in (cidr.network_address, cidr.broadcast_address):
+            raise ValidationError(
+                "spec.gateway", f"{gateway} is the network or broadcast address of {cidr}"
+            )
+    vni = _optional_int(spec.get("vni"), "spec.vni", c.MIN_VNI, c.MAX_VNI)
+    mtu = _optional_int(spec.get("mtu"), "spec.mtu", c.MIN_MTU, c.MAX_MTU)
+    raw_exclude = spec.get("excludeIPs") or []
+    if not isinstance(raw_exclude, Sequence) or isinstance(raw_exclude, str):
+        raise ValidationError("spec.excludeIPs", "must be a list of addresses, ranges or CIDRs")
+    exclude: list[AddressRange] = []
+    for i, item in enumerate(raw_exclude):
+        field = f"spec.excludeIPs[{i}]"
+        rng = parse_range(item, field)
+        if rng.first not in cidr or rng.last not in cidr:
+            raise ValidationError(field, f"{item} is not inside spec.cidr {cidr}")
+        exclude.append(rng)
+    return NetworkSpec(cidr=cidr, gateway=gateway, vni=vni, mtu=mtu, exclude=tuple(exclude))
+
+
+def parse_overlay_network(obj: Raw) -> OverlayNetwork:
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name", ""))
+    if not _DNS_LABEL.match(name):
+        raise ValidationError("metadata.name", f"{name!r} must be a DNS label of at most 63 chars")
+    status = obj.get("status") or {}
+    return OverlayNetwork(
+        name=name,
+        uid=str(meta.get("uid", "")),
+        generation=int(meta.get("generation", 0) or 0),
+        spec=parse_network_spec(obj.get("spec") or {}),
+        deleting=bool(meta.get("deletionTimestamp")),
+        vni=status.get("vni") if isinstance(status.get("vni"), int) else None,
+        mtu=status.get("mtu") if isinstance(status.get("mtu"), int) else None,
+    )
+
+
+# -- Endpoint ------------------------------------------------------------------------------------
+
+
+class TargetKind(str, enum.Enum):
+    NETNS = "netns"  # a veth pair; the inner end moves into a network namespace
+    HOST = "host"  # an OVS internal port in the host's own namespace
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Target:
+    kind: TargetKind
+    interface: str
+    netns_path: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class EndpointSpec:
+    network: str
+    node: str
+    target: Target
+    ip: ipaddress.IPv4Address | None = None
+    mac: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class EndpointStatus:
+    ip: ipaddress.IPv4Address | None = None
+    mac: str | None = None
+    vtep: ipaddress.IPv4Address | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Endpoint:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: EndpointSpec
+    status: EndpointStatus
+    deleting: bool = False
+    finalizers: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+_ENDPOINT_SPEC_FIELDS = frozenset({"network", "node", "ip", "mac", "target"})
+
+
+def parse_target(raw: object) -> Target:
+    if raw is None:
+        raise ValidationError("spec.target", "is required: give netns {path, interface} or host {}")
+    if not isinstance(raw, Mapping):
+        raise ValidationError("spec.target", "must be an object with netns or host")
+    _no_unknown(raw, frozenset({"netns", "host"}), "spec.target")
+    has_netns, has_host = raw.get("netns") is not None, raw.get("host") is not None
+    if has_netns == has_host:
+        raise ValidationError("spec.target", "give exactly one of netns or host")
+    if has_netns:
+        netns = raw["netns"]
+        if not isinstance(netns, Mapping):
+            raise ValidationError("spec.target.netns", "must be an object {path, interface}")
+        _no_unknown(netns, frozenset({"path", "interface"}), "spec.target.netns")
+        path = netns.get("path")
+        if not isinstance(path, str) or not path.startswith("/") or "/../" in f"{path}/":
+            raise ValidationError("spec.target.netns.path", "must be an absolute path without ..")
+        interface = _interface(netns.get("interface"), "spec.target.netns.interface")
+        return Target(kind=TargetKind.NETNS, interface=interface, netns_path=path)
+    host = raw["host"]
+    if not isinstance(host, Mapping):
+        raise ValidationError("spec.target.host", "must be an object")
+    _no_unknown(host, frozenset({"interface"}), "spec.target.host")
+    interface = _interface(host.get("interface"), "spec.target.host.interface", default="")
+    return Target(kind=TargetKind.HOST, interface=interface)
+
+
+def parse_endpoint_spec(spec: Raw) -> EndpointSpec:
+    _no_unknown(spec, _ENDPOINT_SPEC_FIELDS, "spec")
+    network = spec.get("network")
+    if not isinstance(network, str) or not _DNS_LABEL.match(network):
+        raise ValidationError("spec.network", f"{network!r} must name an OverlayNetwork")
+    node = spec.get("node")
+    if not isinstance(node, str) or not node or len(node) > 253 or not _DNS_SUBDOMAIN.match(node):
+        raise ValidationError("spec.node", f"{node!r} must be a host (node) name")
+    ip = parse_ipv4(spec["ip"], "spec.ip") if spec.get("ip") is not None else None
+    mac = parse_mac(spec["mac"], "spec.mac") if spec.get("mac") is not None else None
+    return EndpointSpec(
+        network=network, node=node, target=parse_target(spec.get("target")), ip=ip, mac=mac
+    )
+
+
+def parse_endpoint(obj: Raw) -> Endpoint:
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    return Endpoint(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        generation=int(meta.get("generation", 0) or 0),
+        spec=parse_endpoint_spec(obj.get("spec") or {}),
+        status=EndpointStatus(
+            ip=_lenient_ip(status.get("ip")),
+            mac=status.get("mac") if isinstance(status.get("mac"), str) else None,
+            vtep=_lenient_ip(status.get("vtep")),
+        ),
+        deleting=bool(meta.get("deletionTimestamp")),
+        finalizers=tuple(meta.get("finalizers") or ()),
+    )
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _no_unknown(raw: Raw, known: frozenset[str], where: str) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValidationError(f"{where}.{unknown[0]}", f"unknown field; known: {sorted(known)}")
+
+
+def _optional_int(value: object, field: str, low: int, high: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field, f"{value!r} is not an integer")
+    if not low <= value <= high:
+        raise ValidationError(field, f"{value} is outside {low}..{high}")
+    return value
+
+
+def _interface(value: object, field: str, default: str = c.DEFAULT_INTERFACE) -> str:
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str) or not _IFNAME.match(value) or value in (".", ".."):
+        raise ValidationError(field, f"{value!r} is not an interface name (1-15 chars)")
+    return value
+
+
+def _lenient_ip(value: object) -> ipaddress.IPv4Address | None:
+    """Status is written by us; tolerate garbage there rather than crash a reconcile loop."""
+    try:
+        return ipaddress.IPv4Address(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
