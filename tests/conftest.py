@@ -16,3 +16,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for tier in TIERS:
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
+
+
+def venv_bin(name: str) -> str:
+    """A console script of this project, next to the running interpreter (no PATH needed)."""
+    import sys
+
+    return str(Path(sys.executable).parent / name)

@@ -12,13 +12,15 @@ from voile.errors import VoileError
 
 
 def _controlplane(args: argparse.Namespace) -> int:
-    from voile.controlplane import ControlPlane  # noqa: PLC0415 - keep `voile --help` fast
+    from voile.controlplane import ControlPlane
 
     plane = ControlPlane(Path(args.dir) if args.dir else None)
     if args.action == "up":
         endpoints = plane.start()
-        print(f"# kube-apiserver at {endpoints.server}, files under {endpoints.directory}",
-              file=sys.stderr)
+        print(
+            f"# kube-apiserver at {endpoints.server}, files under {endpoints.directory}",
+            file=sys.stderr,
+        )
         print(f"export KUBECONFIG={endpoints.kubeconfig}")
     elif args.action == "down":
         plane.stop()

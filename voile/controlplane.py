@@ -59,7 +59,7 @@ def _pinned_version(go_mod: Path, module: str) -> str:
 
 
 def binary(name: str) -> Path:
-    """The cached binary for the version pinned under hack/controlplane; a clear error if missing."""
+    """The cached binary for the version pinned under hack/controlplane, or a clear error."""
     if name == "kube-apiserver":
         version = _pinned_version(HACK_DIR / "kube-apiserver" / "go.mod", "k8s.io/kubernetes")
     elif name == "etcd":
@@ -134,7 +134,7 @@ class ControlPlane:
         )
 
     def running(self) -> Endpoints | None:
-        """The endpoints of this directory's control plane if both processes live and it is ready."""
+        """The endpoints of this directory's control plane when both live and it is ready."""
         state = self._read_state()
         if state is None or not (_alive(state.etcd_pid) and _alive(state.apiserver_pid)):
             return None
@@ -298,9 +298,15 @@ class ControlPlane:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )

@@ -1,4 +1,4 @@
-"""The CRDs under crds/ (the only copy: the chart, the manifests, the lab and the tests read them)."""
+"""The CRDs under crds/ : the only copy, read by chart, manifests, lab and tests."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ async def install_crds(client: kube.KubeClient, *, timeout: float = 60.0) -> lis
     for doc in crd_documents():
         name = doc["metadata"]["name"]
         await client.patch(
-            kube.path("apiextensions.k8s.io", "v1", "customresourcedefinitions", name),
+            kube.path("apiextensions.k8s.io", "v1", "customresourcedefinitions", name=name),
             doc,
             kind="apply",
         )
@@ -38,10 +38,12 @@ async def install_crds(client: kube.KubeClient, *, timeout: float = 60.0) -> lis
     async def established() -> bool:
         for name in names:
             crd = await client.get(
-                kube.path("apiextensions.k8s.io", "v1", "customresourcedefinitions", name)
+                kube.path("apiextensions.k8s.io", "v1", "customresourcedefinitions", name=name)
             )
-            conds = {c["type"]: c["status"] for c in ((crd or {}).get("status") or {}).get(
-                "conditions", [])}
+            conds = {
+                c["type"]: c["status"]
+                for c in ((crd or {}).get("status") or {}).get("conditions", [])
+            }
             if conds.get("Established") != "True":
                 return False
         return True

@@ -1,12 +1,12 @@
 """Voile's exception tree. Appliers translate library errors into these, or into no-ops.
 
-    VoileError
-     ├── ControlPlaneError      the development control plane failed to build, start or stop
-     ├── ValidationError        a spec breaks a rule (raised by voile.api.model parsers)
-     ├── AllocationError        the operator cannot allocate (pool exhausted, address taken, ...)
-     ├── PlumbingError          the agent cannot realize an endpoint (namespace missing, refused path)
-     ├── DatapathError          Open vSwitch or the kernel refused an operation
-     └── LabError               `voile lab` could not do what was asked
+VoileError
+ ├── ControlPlaneError      the development control plane failed to build, start or stop
+ ├── ValidationError        a spec breaks a rule (raised by voile.api.model parsers)
+ ├── AllocationError        the operator cannot allocate (pool exhausted, address taken, ...)
+ ├── PlumbingError          the agent cannot realize an endpoint (namespace missing, refused path)
+ ├── DatapathError          Open vSwitch or the kernel refused an operation
+ └── LabError               `voile lab` could not do what was asked
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class ValidationError(VoileError):
 
 
 class AllocationError(VoileError):
-    """The operator cannot allocate; ``reason`` is the CamelCase condition reason shown in status."""
+    """The operator cannot allocate; ``reason`` is the condition reason shown in status."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)

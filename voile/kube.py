@@ -99,16 +99,18 @@ class KubeClient:
     def from_config(
         cls, kubeconfig: str | None = None, *, field_manager: str = "voile"
     ) -> KubeClient:
-        """Load a kubeconfig (path, $KUBECONFIG, ~/.kube/config) or the in-cluster ServiceAccount."""
-        from kubernetes import client, config  # noqa: PLC0415 - heavy import, once
+        """Load a kubeconfig (path, $KUBECONFIG, ~/.kube/config) or the in-cluster account."""
+        from kubernetes import client, config
 
         cfg = client.Configuration()
         try:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, client_configuration=cfg
+            )
         except (config.ConfigException, FileNotFoundError, TypeError):
             if kubeconfig:
                 raise
-            config.load_incluster_config(client_configuration=cfg)
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl else False
         if isinstance(ctx, ssl.SSLContext) and cfg.cert_file and cfg.key_file:
             ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
@@ -254,7 +256,9 @@ class KubeClient:
         async with self._session.get(
             self.server + url_path,
             params=params,
-            timeout=aiohttp.ClientTimeout(total=timeout_seconds + 30, sock_read=timeout_seconds + 30),
+            timeout=aiohttp.ClientTimeout(
+                total=timeout_seconds + 30, sock_read=timeout_seconds + 30
+            ),
         ) as resp:
             if resp.status >= 400:
                 raise _error(resp.status, await resp.text())

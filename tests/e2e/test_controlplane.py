@@ -14,6 +14,7 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from tests.conftest import venv_bin
 from voile.controlplane import ControlPlane, Endpoints
 
 GROUP, VERSION, PLURAL = "widgets.test.voile.dev", "v1", "gadgets"
@@ -90,8 +91,13 @@ def test_crd_lifecycle_watch_and_schema_rejection(api: client.ApiClient) -> None
 
     def consume() -> None:
         for event in w.stream(
-            objs.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
-            resource_version=rv, timeout_seconds=30,
+            objs.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            resource_version=rv,
+            timeout_seconds=30,
         ):
             obj = event["object"]
             seen.append((event["type"], obj["metadata"]["name"], obj["spec"]["size"]))
@@ -132,6 +138,14 @@ def test_crd_lifecycle_watch_and_schema_rejection(api: client.ApiClient) -> None
     ext.delete_custom_resource_definition(f"{PLURAL}.{GROUP}")
 
 
+def _process_lives(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state field follows "(comm)"
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
@@ -142,15 +156,23 @@ def test_cli_up_readyz_down_leaves_nothing(tmp_path: Path) -> None:
     state = tmp_path / "cp"
     env = {**os.environ}
     up = subprocess.run(
-        ["voile", "controlplane", "up", "--dir", str(state)],
-        capture_output=True, text=True, env=env, timeout=300, check=True,
+        [venv_bin("voile"), "controlplane", "up", "--dir", str(state)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
     )
     last = up.stdout.strip().splitlines()[-1]
     assert last.startswith("export KUBECONFIG=")
     kubeconfig = last.split("=", 1)[1]
     again = subprocess.run(  # idempotent: same control plane, same kubeconfig
-        ["voile", "controlplane", "up", "--dir", str(state)],
-        capture_output=True, text=True, env=env, timeout=300, check=True,
+        [venv_bin("voile"), "controlplane", "up", "--dir", str(state)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=True,
     )
     assert again.stdout.strip().splitlines()[-1] == last
 
@@ -158,8 +180,12 @@ def test_cli_up_readyz_down_leaves_nothing(tmp_path: Path) -> None:
     running = plane.running()
     assert running is not None
     readyz = subprocess.run(
-        ["kubectl", "get", "--raw", "/readyz"], capture_output=True, text=True,
-        env={**env, "KUBECONFIG": kubeconfig}, timeout=60, check=True,
+        ["kubectl", "get", "--raw", "/readyz"],
+        capture_output=True,
+        text=True,
+        env={**env, "KUBECONFIG": kubeconfig},
+        timeout=60,
+        check=True,
     )
     assert readyz.stdout.strip() == "ok"
     port = int(running.server.rsplit(":", 1)[1])
@@ -167,11 +193,15 @@ def test_cli_up_readyz_down_leaves_nothing(tmp_path: Path) -> None:
 
     for _ in range(2):  # idempotent: the second down finds nothing and succeeds
         subprocess.run(
-            ["voile", "controlplane", "down", "--dir", str(state)],
-            capture_output=True, text=True, env=env, timeout=120, check=True,
+            [venv_bin("voile"), "controlplane", "down", "--dir", str(state)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=True,
         )
     assert not state.exists()
     for pid in (running.apiserver_pid, running.etcd_pid):
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+        assert not _process_lives(pid)
     assert not _listening(port)
     assert not _listening(etcd_port)
