@@ -3,6 +3,12 @@
 The parsers apply the same rules as the CRD schema and its CEL rules (crds/), so that entry points
 that do not pass through the API server (the CNI and Docker plugins, the lab) reject the same input
 with the same field path. Every parser raises ``voile.errors.ValidationError(field, message)``.
+The transition rules (immutable fields) need the stored object too: ``check_network_update`` and
+``check_endpoint_update`` apply them. tests/catalogue.py holds the invalid objects that both the
+API server (tests/e2e/test_crds.py) and these parsers (tests/unit/test_model.py) must reject.
+
+Regular expressions use ``fullmatch``: the CRD patterns are Go regular expressions, whose ``$``
+does not match before a trailing newline as Python's does.
 """
 
 from __future__ import annotations
@@ -17,12 +23,17 @@ from typing import Any
 from voile.api import constants as c
 from voile.errors import ValidationError
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-_IFNAME = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
+# The same shapes and bounds as the OpenAPI patterns and max lengths in crds/*.yaml.
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_IFNAME = re.compile(r"[a-zA-Z0-9_.-]{1,15}")
+_IPV4_SHAPE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")
+_CIDR_SHAPE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}")
+_EXCLUDE_SHAPE = re.compile(r"[0-9./-]{1,31}")
+MAX_EXCLUDE_IPS = 64  # maxItems of spec.excludeIPs (bounds the CEL cost of the rules over it)
+MAX_NODE_NAME = 253
+MAX_NETNS_PATH = 1024
 
 Raw = Mapping[str, Any]
 
@@ -32,7 +43,7 @@ Raw = Mapping[str, Any]
 
 def parse_mac(value: object, field: str) -> str:
     """A unicast MAC in canonical lower-case colon form."""
-    if not isinstance(value, str) or not _MAC.match(value.lower()):
+    if not isinstance(value, str) or not _MAC.fullmatch(value.lower()):
         raise ValidationError(field, f"{value!r} is not a MAC address like 02:00:00:00:00:01")
     mac = value.lower()
     if int(mac[:2], 16) & 0x01:
@@ -43,7 +54,8 @@ def parse_mac(value: object, field: str) -> str:
 
 
 def parse_ipv4(value: object, field: str) -> ipaddress.IPv4Address:
-    if not isinstance(value, str):
+    """A dotted-quad IPv4 address; leading zeros are refused (ambiguous: octal or decimal?)."""
+    if not isinstance(value, str) or not _IPV4_SHAPE.fullmatch(value):
         raise ValidationError(field, f"{value!r} is not an IPv4 address")
     try:
         return ipaddress.IPv4Address(value)
@@ -52,7 +64,8 @@ def parse_ipv4(value: object, field: str) -> ipaddress.IPv4Address:
 
 
 def parse_cidr(value: object, field: str) -> ipaddress.IPv4Network:
-    if not isinstance(value, str) or "/" not in value:
+    """An IPv4 CIDR with host bits zero, /30 or larger (a /31 or /32 leaves no endpoint address)."""
+    if not isinstance(value, str) or not _CIDR_SHAPE.fullmatch(value):
         raise ValidationError(field, f"{value!r} is not an IPv4 CIDR like 198.18.1.0/24")
     try:
         network = ipaddress.IPv4Network(value, strict=False)
@@ -95,21 +108,23 @@ class AddressRange:
 
 
 def parse_range(value: object, field: str) -> AddressRange:
-    """``a.b.c.d``, ``a.b.c.d-a.b.c.e`` or ``a.b.c.d/n``."""
-    if not isinstance(value, str):
+    """``a.b.c.d``, ``a.b.c.d-a.b.c.e`` or ``a.b.c.d/n`` (host bits zero), without spaces."""
+    if not isinstance(value, str) or not _EXCLUDE_SHAPE.fullmatch(value):
         raise ValidationError(field, f"{value!r} is not an address, range or CIDR")
-    if "-" in value:
-        left, _, right = value.partition("-")
-        first, last = parse_ipv4(left.strip(), field), parse_ipv4(right.strip(), field)
-        if last < first:
-            raise ValidationError(field, f"range {value!r} ends before it starts")
-        return AddressRange(first=first, last=last)
     if "/" in value:
+        if not _CIDR_SHAPE.fullmatch(value):
+            raise ValidationError(field, f"{value!r} is not a CIDR with host bits zero")
         try:
             net = ipaddress.IPv4Network(value, strict=True)
         except ValueError:
             raise ValidationError(field, f"{value!r} is not a CIDR with host bits zero") from None
         return AddressRange(first=net.network_address, last=net.broadcast_address)
+    if "-" in value:
+        left, _, right = value.partition("-")
+        first, last = parse_ipv4(left, field), parse_ipv4(right, field)
+        if last < first:
+            raise ValidationError(field, f"range {value!r} ends before it starts")
+        return AddressRange(first=first, last=last)
     ip = parse_ipv4(value, field)
     return AddressRange(first=ip, last=ip)
 
@@ -146,6 +161,9 @@ _NETWORK_SPEC_FIELDS = frozenset({"cidr", "gateway", "vni", "mtu", "excludeIPs"}
 
 
 def parse_network_spec(spec: Raw) -> NetworkSpec:
+    """The rules of OverlayNetwork's spec that need no other object (crds/overlaynetworks.yaml)."""
+    if not isinstance(spec, Mapping):
+        raise ValidationError("spec", "must be an object")
     _no_unknown(spec, _NETWORK_SPEC_FIELDS, "spec")
     if "cidr" not in spec:
         raise ValidationError("spec.cidr", "is required")
@@ -161,9 +179,13 @@ def parse_network_spec(spec: Raw) -> NetworkSpec:
             )
     vni = _optional_int(spec.get("vni"), "spec.vni", c.MIN_VNI, c.MAX_VNI)
     mtu = _optional_int(spec.get("mtu"), "spec.mtu", c.MIN_MTU, c.MAX_MTU)
-    raw_exclude = spec.get("excludeIPs") or []
+    raw_exclude = spec.get("excludeIPs")
+    if raw_exclude is None:
+        raw_exclude = []
     if not isinstance(raw_exclude, Sequence) or isinstance(raw_exclude, str):
         raise ValidationError("spec.excludeIPs", "must be a list of addresses, ranges or CIDRs")
+    if len(raw_exclude) > MAX_EXCLUDE_IPS:
+        raise ValidationError("spec.excludeIPs", f"has more than {MAX_EXCLUDE_IPS} entries")
     exclude: list[AddressRange] = []
     for i, item in enumerate(raw_exclude):
         field = f"spec.excludeIPs[{i}]"
@@ -175,16 +197,19 @@ def parse_network_spec(spec: Raw) -> NetworkSpec:
 
 
 def parse_overlay_network(obj: Raw) -> OverlayNetwork:
+    """metadata.name is a DNS label: it becomes a label value and part of claim names."""
     meta = obj.get("metadata") or {}
     name = str(meta.get("name", ""))
-    if not _DNS_LABEL.match(name):
+    if not _DNS_LABEL.fullmatch(name):
         raise ValidationError("metadata.name", f"{name!r} must be a DNS label of at most 63 chars")
+    if obj.get("spec") is None:
+        raise ValidationError("spec", "is required")
     status = obj.get("status") or {}
     return OverlayNetwork(
         name=name,
         uid=str(meta.get("uid", "")),
         generation=int(meta.get("generation", 0) or 0),
-        spec=parse_network_spec(obj.get("spec") or {}),
+        spec=parse_network_spec(obj["spec"]),
         deleting=bool(meta.get("deletionTimestamp")),
         vni=status.get("vni") if isinstance(status.get("vni"), int) else None,
         mtu=status.get("mtu") if isinstance(status.get("mtu"), int) else None,
@@ -256,7 +281,14 @@ def parse_target(raw: object) -> Target:
             raise ValidationError("spec.target.netns", "must be an object {path, interface}")
         _no_unknown(netns, frozenset({"path", "interface"}), "spec.target.netns")
         path = netns.get("path")
-        if not isinstance(path, str) or not path.startswith("/") or "/../" in f"{path}/":
+        if path is None:
+            raise ValidationError("spec.target.netns.path", "is required")
+        if (
+            not isinstance(path, str)
+            or not 2 <= len(path) <= MAX_NETNS_PATH
+            or not path.startswith("/")
+            or "/../" in f"{path}/"
+        ):
             raise ValidationError("spec.target.netns.path", "must be an absolute path without ..")
         interface = _interface(netns.get("interface"), "spec.target.netns.interface")
         return Target(kind=TargetKind.NETNS, interface=interface, netns_path=path)
@@ -269,12 +301,19 @@ def parse_target(raw: object) -> Target:
 
 
 def parse_endpoint_spec(spec: Raw) -> EndpointSpec:
+    """The rules of Endpoint's spec that need no other object (crds/endpoints.yaml)."""
+    if not isinstance(spec, Mapping):
+        raise ValidationError("spec", "must be an object")
     _no_unknown(spec, _ENDPOINT_SPEC_FIELDS, "spec")
     network = spec.get("network")
-    if not isinstance(network, str) or not _DNS_LABEL.match(network):
+    if network is None:
+        raise ValidationError("spec.network", "is required")
+    if not isinstance(network, str) or not _DNS_LABEL.fullmatch(network):
         raise ValidationError("spec.network", f"{network!r} must name an OverlayNetwork")
     node = spec.get("node")
-    if not isinstance(node, str) or not node or len(node) > 253 or not _DNS_SUBDOMAIN.match(node):
+    if node is None:
+        raise ValidationError("spec.node", "is required")
+    if not isinstance(node, str) or len(node) > MAX_NODE_NAME or not _DNS_SUBDOMAIN.fullmatch(node):
         raise ValidationError("spec.node", f"{node!r} must be a host (node) name")
     ip = parse_ipv4(spec["ip"], "spec.ip") if spec.get("ip") is not None else None
     mac = parse_mac(spec["mac"], "spec.mac") if spec.get("mac") is not None else None
@@ -285,13 +324,15 @@ def parse_endpoint_spec(spec: Raw) -> EndpointSpec:
 
 def parse_endpoint(obj: Raw) -> Endpoint:
     meta = obj.get("metadata") or {}
+    if obj.get("spec") is None:
+        raise ValidationError("spec", "is required")
     status = obj.get("status") or {}
     return Endpoint(
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
         uid=str(meta.get("uid", "")),
         generation=int(meta.get("generation", 0) or 0),
-        spec=parse_endpoint_spec(obj.get("spec") or {}),
+        spec=parse_endpoint_spec(obj["spec"]),
         status=EndpointStatus(
             ip=_lenient_ip(status.get("ip")),
             mac=status.get("mac") if isinstance(status.get("mac"), str) else None,
@@ -300,6 +341,39 @@ def parse_endpoint(obj: Raw) -> Endpoint:
         deleting=bool(meta.get("deletionTimestamp")),
         finalizers=tuple(meta.get("finalizers") or ()),
     )
+
+
+# -- transition rules (the CRDs' `self == oldSelf` rules) -----------------------------------------
+
+
+def check_network_update(old: NetworkSpec, new: NetworkSpec) -> None:
+    """Raise unless ``new`` may replace ``old``: cidr never changes, vni never changes once set.
+
+    Addresses already handed out would fall outside a new CIDR, and the VNI names the segment on
+    the wire for every host; both changes need a new OverlayNetwork.
+    """
+    if new.cidr != old.cidr:
+        raise ValidationError("spec.cidr", "is immutable; create a new OverlayNetwork instead")
+    if old.vni is not None and new.vni != old.vni:
+        raise ValidationError("spec.vni", "is immutable once set (neither changed nor removed)")
+
+
+def check_endpoint_update(old: EndpointSpec, new: EndpointSpec) -> None:
+    """Raise unless ``new`` may replace ``old``: an Endpoint's spec never changes.
+
+    Moving an endpoint between networks or hosts is a delete and a create for every agent
+    involved; making that explicit keeps each agent's view (its own node's endpoints) simple.
+    """
+    if new.network != old.network:
+        raise ValidationError("spec.network", "is immutable; create a new Endpoint instead")
+    if new.node != old.node:
+        raise ValidationError("spec.node", "is immutable; create a new Endpoint instead")
+    if new.ip != old.ip:
+        raise ValidationError("spec.ip", "is immutable; create a new Endpoint instead")
+    if new.mac != old.mac:
+        raise ValidationError("spec.mac", "is immutable; create a new Endpoint instead")
+    if new.target != old.target:
+        raise ValidationError("spec.target", "is immutable; create a new Endpoint instead")
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -322,9 +396,10 @@ def _optional_int(value: object, field: str, low: int, high: int) -> int | None:
 
 
 def _interface(value: object, field: str, default: str = c.DEFAULT_INTERFACE) -> str:
-    if value is None or value == "":
+    """Absent means ``default``; present must be a Linux interface name (IFNAMSIZ - 1 = 15)."""
+    if value is None:
         return default
-    if not isinstance(value, str) or not _IFNAME.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not _IFNAME.fullmatch(value) or value in (".", ".."):
         raise ValidationError(field, f"{value!r} is not an interface name (1-15 chars)")
     return value
 
