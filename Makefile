@@ -13,7 +13,7 @@ APT_PACKAGES := openvswitch-switch openvswitch-common iproute2 iputils-ping iper
                 ethtool procps psmisc util-linux ca-certificates
 PYTEST_ARGS ?=
 
-.PHONY: help setup apt venv controlplane-bins test test-unit test-functional test-e2e lab lab-down \
+.PHONY: help setup apt venv tools test test-unit test-functional test-e2e lab lab-down \
         lint fmt clean bench
 
 help:
@@ -22,7 +22,7 @@ help:
 	@echo "make lint   - ruff, mypy --strict, import-linter"
 	@echo "make setup  - only install what is missing (idempotent)"
 
-setup: apt venv controlplane-bins
+setup: apt venv tools
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -43,8 +43,10 @@ $(VENV)/.stamp-installed: pyproject.toml
 
 venv: $(VENV)/.stamp-installed
 
-controlplane-bins:
+# Pinned Go builds (etcd, kube-apiserver, helm), cached in $(VOILE_CACHE)/bin by version.
+tools:
 	@hack/controlplane/build.sh all
+	@hack/helm/build.sh >/dev/null
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
@@ -59,7 +61,7 @@ test-e2e: setup
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 lab: setup
-	$(VENV)/bin/voile lab up
+	hack/lab-demo.sh
 
 lab-down: venv
 	$(VENV)/bin/voile lab down

@@ -35,6 +35,35 @@ def _controlplane(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab(args: argparse.Namespace) -> int:
+    from voile.lab.lab import Lab
+
+    lab = Lab()
+    if args.action == "up":
+        kubeconfig = lab.up(hosts=args.hosts)
+        print(f"export KUBECONFIG={kubeconfig}")
+    elif args.action == "down":
+        lab.down()
+        print("lab: down, nothing left", file=sys.stderr)
+    elif args.action == "attach":
+        address = lab.attach(args.host, args.name, args.network, args.ip, timeout=args.timeout)
+        print(f"{args.name}: attached on {args.host} to {args.network}", file=sys.stderr)
+        print(address)
+    elif args.action == "detach":
+        lab.detach(args.name)
+    elif args.action == "exec":
+        argv = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else args.argv
+        if not argv:
+            print("voile lab exec NAME -- CMD...", file=sys.stderr)
+            return 2
+        return lab.exec(args.name, argv)
+    elif args.action == "status":
+        table, ok = lab.status()
+        print(table, end="")
+        return 0 if ok else 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voile", description=__doc__)
     parser.add_argument("--version", action="version", version=f"voile {__version__}")
@@ -44,6 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("action", choices=["up", "down", "status"])
     cp.add_argument("--dir", help="state directory (default /tmp/voile-$UID/controlplane)")
     cp.set_defaults(func=_controlplane)
+
+    lab = sub.add_parser("lab", help="a multi-host Voile on this machine (root)")
+    lab_sub = lab.add_subparsers(dest="action", required=True)
+    up = lab_sub.add_parser("up", help="start (or complete) the lab; prints export KUBECONFIG=...")
+    up.add_argument("--hosts", type=int, default=3, help="number of simulated hosts (default 3)")
+    lab_sub.add_parser("down", help="remove everything the lab created")
+    lab_sub.add_parser("status", help="hosts, networks and endpoints; non-zero if not all Ready")
+    attach = lab_sub.add_parser("attach", help="a container-like namespace on HOST in NETWORK")
+    attach.add_argument("host")
+    attach.add_argument("name")
+    attach.add_argument("--network", required=True)
+    attach.add_argument("--ip", help="a static address inside the network")
+    attach.add_argument("--timeout", type=float, default=60.0)
+    detach = lab_sub.add_parser("detach", help="delete an attached namespace and its Endpoint")
+    detach.add_argument("name")
+    ex = lab_sub.add_parser("exec", help="run a command inside an attached namespace")
+    ex.add_argument("name")
+    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    lab.set_defaults(func=_lab)
     return parser
 
 

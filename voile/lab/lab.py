@@ -1,0 +1,536 @@
+"""`voile lab`: a multi-host Voile on one machine.
+
+What ``up`` builds (every name carries the run id ``lab``; nothing outside 198.18.0.0/24 is used):
+
+    root namespace                      fabric namespace voile-fabric-lab
+      kube-apiserver on 198.18.0.254 --- veth vlab-root0 === br0 (Linux bridge, the underlay)
+      etcd on 127.0.0.1                                       |        |        |
+      voile-operator                        voile-lab-host-1  host-2   host-3   (namespaces)
+                                            eth0 198.18.0.1   .2       .3
+                                            ovsdb-server + ovs-vswitchd (netdev) + voile-agent
+
+The agents run inside their hosts' namespaces and reach the API server over the underlay, as they
+would on real hosts. ``down`` removes all of it: processes, namespaces, links and files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from voile import kube
+from voile.api import constants as c
+from voile.controlplane import ControlPlane, default_state_dir
+from voile.crds import install_crds
+from voile.errors import LabError
+from voile.lab.host import Fabric, SimulatedHost, add_netns, del_netns, netns_exists, sh
+
+RUN_ID = "lab"
+API_ADDRESS = "198.18.0.254"
+ROOT_LEG = "vlab-root0"
+FABRIC_LEG = "vlab-fab0"
+CONTAINER_PREFIX = "voile-lab-ct-"
+ATTACH_NAMESPACE = "default"
+
+
+def lab_dir() -> Path:
+    return default_state_dir().parent / "lab"
+
+
+def _bin(name: str) -> str:
+    """A console script of this installation (the lab runs what `make setup` installed)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _say(message: str) -> None:
+    print(f"==> {message}", file=sys.stderr, flush=True)
+
+
+class Lab:
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = (directory or lab_dir()).resolve()
+        self.state_file = self.directory / "lab.json"
+        self.fabric = Fabric(self.directory / "fabric", RUN_ID)
+        self.plane = ControlPlane(
+            self.directory / "controlplane", address=API_ADDRESS, extra_sans=(API_ADDRESS,)
+        )
+        self._hosts: dict[int, SimulatedHost] = {}
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        try:
+            state: dict[str, Any] = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            state = {}
+        state.setdefault("hosts", [])
+        state.setdefault("pids", {})
+        state.setdefault("containers", {})
+        return state
+
+    def _save(self, state: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(state, indent=2, sort_keys=True))
+
+    def host(self, index: int) -> SimulatedHost:
+        """The simulated host ``host-<index>``: deterministic names, any process finds it."""
+        if index not in self._hosts:
+            self._hosts[index] = self.fabric.host(index)
+        return self._hosts[index]
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.plane.kubeconfig
+
+    # -- up ------------------------------------------------------------------------------------
+
+    def up(self, hosts: int = 3) -> Path:
+        """Start (or complete) the lab with hosts host-1..host-N. Idempotent."""
+        if not 1 <= hosts <= 50:
+            raise LabError("--hosts must be between 1 and 50")
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network namespaces and Open vSwitch)")
+        state = self._state()
+        _say("underlay: fabric namespace and bridge 198.18.0.0/24")
+        self.fabric.start()
+        self._root_leg()
+        _say("control plane: etcd + kube-apiserver on " + API_ADDRESS)
+        endpoints = self.plane.start()
+        asyncio.run(self._prepare_api())
+        names = sorted(
+            set(state["hosts"]) | {f"host-{i}" for i in range(1, hosts + 1)},
+            key=lambda n: int(n.split("-")[1]),
+        )
+        state["hosts"] = names
+        self._save(state)
+        for name in names:
+            index = int(name.split("-")[1])
+            _say(f"{name}: namespace, underlay 198.18.0.{index}, ovsdb-server, ovs-vswitchd")
+            self.host(index).start()
+        self._ensure_process(
+            state, "operator", self._operator_argv(), self.directory / "operator.log"
+        )
+        for name in names:
+            index = int(name.split("-")[1])
+            host = self.host(index)
+            self._ensure_process(
+                state,
+                f"agent/{name}",
+                self._agent_argv(host),
+                host.directory / "agent.log",
+            )
+        self._save(state)
+        _say("waiting for the agents' heartbeats")
+        asyncio.run(self._wait_agents(names, timeout=120))
+        _say(f"lab up: {len(names)} hosts; try `voile lab attach host-1 c1 --network <net>`")
+        return endpoints.kubeconfig
+
+    def _root_leg(self) -> None:
+        """A veth from the root namespace into the fabric: the API server's underlay address."""
+        if sh("ip", "link", "show", ROOT_LEG, check=False).returncode != 0:
+            sh(
+                "ip",
+                "link",
+                "add",
+                ROOT_LEG,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                FABRIC_LEG,
+                "netns",
+                self.fabric.namespace,
+            )
+            sh("ip", "-n", self.fabric.namespace, "link", "set", FABRIC_LEG, "master", "br0", "up")
+        addrs = sh("ip", "-o", "-4", "addr", "show", "dev", ROOT_LEG).stdout
+        if f"{API_ADDRESS}/24" not in addrs:
+            sh("ip", "addr", "add", f"{API_ADDRESS}/24", "dev", ROOT_LEG)
+        sh("ip", "link", "set", ROOT_LEG, "up")
+
+    async def _prepare_api(self) -> None:
+        async with kube.KubeClient.from_config(str(self.kubeconfig)) as client:
+            await install_crds(client)
+            ns = {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": c.DEFAULT_NAMESPACE},
+            }
+            with contextlib.suppress(kube.Conflict):
+                await client.create(kube.path("", "v1", "namespaces"), ns)
+
+    def _operator_argv(self) -> list[str]:
+        return [
+            _bin("voile-operator"),
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--namespace",
+            c.DEFAULT_NAMESPACE,
+            "--id",
+            "lab-operator",
+            "--metrics-port",
+            "0",
+            "--agent-dead-after",
+            "60",
+        ]
+
+    def _agent_argv(self, host: SimulatedHost) -> list[str]:
+        return [
+            "ip",
+            "netns",
+            "exec",
+            host.namespace,
+            _bin("voile-agent"),
+            "run",
+            "--node",
+            host.name,
+            "--vtep-ip",
+            str(host.address),
+            "--underlay-interface",
+            host.underlay_interface,
+            "--datapath-type",
+            "netdev",
+            "--ovsdb",
+            host.ovsdb,
+            "--ovs-rundir",
+            str(host.directory),
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--namespace",
+            c.DEFAULT_NAMESPACE,
+            "--resync-period",
+            "30",
+        ]
+
+    def _ensure_process(
+        self, state: dict[str, Any], key: str, argv: Sequence[str], log: Path
+    ) -> int:
+        pid = state["pids"].get(key)
+        if pid and _alive(pid):
+            return int(pid)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        state["pids"][key] = proc.pid
+        self._save(state)
+        return proc.pid
+
+    def restart(self, key: str, *, sig: int = signal.SIGTERM) -> int:
+        """Stop one lab process (``operator`` or ``agent/host-N``) by ``sig``, start it again."""
+        state = self._state()
+        pid = state["pids"].get(key)
+        if pid:
+            _terminate(pid, sig)
+        if key == "operator":
+            argv, log = self._operator_argv(), self.directory / "operator.log"
+        else:
+            host = self.host(int(key.rsplit("-", maxsplit=1)[-1]))
+            argv, log = self._agent_argv(host), host.directory / "agent.log"
+        state["pids"].pop(key, None)
+        return self._ensure_process(state, key, argv, log)
+
+    def stop_process(self, key: str, *, sig: int = signal.SIGTERM) -> None:
+        state = self._state()
+        pid = state["pids"].pop(key, None)
+        if pid:
+            _terminate(pid, sig)
+        self._save(state)
+
+    async def _wait_agents(self, names: Sequence[str], *, timeout: float) -> None:
+        async with kube.KubeClient.from_config(str(self.kubeconfig)) as client:
+
+            async def all_beating() -> bool:
+                for name in names:
+                    lease = await client.get(
+                        kube.path(
+                            "coordination.k8s.io",
+                            "v1",
+                            "leases",
+                            namespace=c.DEFAULT_NAMESPACE,
+                            name=c.AGENT_LEASE_PREFIX + name,
+                        )
+                    )
+                    if lease is None:
+                        return False
+                return True
+
+            try:
+                await kube.wait_for(all_beating, timeout=timeout, what="agent heartbeats")
+            except TimeoutError as exc:
+                raise LabError(f"{exc}; see {self.directory}/fabric/host-*/agent.log") from exc
+
+    # -- hosts ---------------------------------------------------------------------------------
+
+    def remove_host(self, name: str) -> None:
+        """Stop a host's agent and daemons and remove its namespace (the host 'dies')."""
+        state = self._state()
+        self.stop_process(f"agent/{name}", sig=signal.SIGKILL)
+        self.host(int(name.split("-")[1])).stop()
+        state = self._state()
+        state["hosts"] = [h for h in state["hosts"] if h != name]
+        self._save(state)
+
+    # -- containers ----------------------------------------------------------------------------
+
+    def attach(
+        self, host: str, name: str, network: str, ip: str | None = None, *, timeout: float = 60
+    ) -> str:
+        """A container-like namespace NAME plugged into NETWORK by HOST's agent; its address."""
+        state = self._state()
+        if host not in state["hosts"]:
+            raise LabError(f"no host {host!r} in the lab (hosts: {', '.join(state['hosts'])})")
+        if ip is not None:
+            ipaddress.IPv4Address(ip)
+        netns = CONTAINER_PREFIX + name
+        add_netns(netns)
+        state["containers"][name] = {"host": host, "netns": netns, "network": network}
+        self._save(state)
+        return asyncio.run(self._attach(host, name, network, ip, netns, timeout))
+
+    async def _attach(
+        self, host: str, name: str, network: str, ip: str | None, netns: str, timeout: float
+    ) -> str:
+        spec: dict[str, Any] = {
+            "network": network,
+            "node": host,
+            "target": {"netns": {"path": f"/run/netns/{netns}", "interface": "eth0"}},
+        }
+        if ip:
+            spec["ip"] = ip
+        body = {
+            "apiVersion": c.API_VERSION,
+            "kind": c.ENDPOINT,
+            "metadata": {
+                "name": name,
+                "namespace": ATTACH_NAMESPACE,
+                "labels": {"voile.dev/lab": "true"},
+            },
+            "spec": spec,
+        }
+        url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=ATTACH_NAMESPACE)
+        async with kube.KubeClient.from_config(str(self.kubeconfig)) as client:
+            with contextlib.suppress(kube.Conflict):
+                await client.create(url, body)
+            obj_url = kube.path(
+                c.GROUP, c.VERSION, c.ENDPOINTS, namespace=ATTACH_NAMESPACE, name=name
+            )
+            last: dict[str, Any] = {}
+
+            async def ready() -> str | None:
+                nonlocal last
+                obj = await client.get(obj_url) or {}
+                last = obj
+                status = obj.get("status") or {}
+                conds = {x.get("type"): x for x in status.get("conditions") or []}
+                if (conds.get("Ready") or {}).get("status") == "True" and status.get("ip"):
+                    return str(status["ip"])
+                return None
+
+            try:
+                address: str = await kube.wait_for(ready, timeout=timeout, what=f"{name} Ready")
+            except TimeoutError as exc:
+                conds = (last.get("status") or {}).get("conditions") or []
+                detail = "; ".join(
+                    f"{x.get('type')}={x.get('status')} {x.get('reason')}: {x.get('message')}"
+                    for x in conds
+                )
+                raise LabError(f"{exc}: {detail or 'no conditions yet'}") from exc
+            return address
+
+    def detach(self, name: str) -> None:
+        """Delete the Endpoint, wait until it is gone, remove the namespace. Idempotent."""
+        state = self._state()
+        info = state["containers"].get(name)
+        asyncio.run(self._detach(name))
+        if info:
+            del_netns(info["netns"])
+        state["containers"].pop(name, None)
+        self._save(state)
+
+    async def _detach(self, name: str, timeout: float = 60) -> None:
+        url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=ATTACH_NAMESPACE, name=name)
+        async with kube.KubeClient.from_config(str(self.kubeconfig)) as client:
+            await client.delete(url)
+
+            async def gone() -> bool:
+                return await client.get(url) is None
+
+            await kube.wait_for(gone, timeout=timeout, what=f"Endpoint {name} deleted")
+
+    def exec(self, name: str, argv: Sequence[str]) -> int:
+        state = self._state()
+        info = state["containers"].get(name)
+        netns = info["netns"] if info else CONTAINER_PREFIX + name
+        if not netns_exists(netns):
+            raise LabError(f"no lab container {name!r}; attach it first")
+        return subprocess.call(["ip", "netns", "exec", netns, *argv])
+
+    # -- status --------------------------------------------------------------------------------
+
+    def status(self) -> tuple[str, bool]:
+        """The table and whether everything is Ready."""
+        if self.plane.running() is None:
+            return "lab: not running (control plane down)\n", False
+        return asyncio.run(self._status())
+
+    async def _status(self) -> tuple[str, bool]:
+        state = self._state()
+        ok = True
+        lines: list[str] = []
+        async with kube.KubeClient.from_config(str(self.kubeconfig)) as client:
+            leases, _ = await client.list(
+                kube.path("coordination.k8s.io", "v1", "leases", namespace=c.DEFAULT_NAMESPACE)
+            )
+            nets, _ = await client.list(kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS))
+            eps, _ = await client.list(kube.path(c.GROUP, c.VERSION, c.ENDPOINTS))
+        by_lease = {x["metadata"]["name"]: x for x in leases}
+        rows: list[tuple[str, ...]] = [("HOST", "UNDERLAY", "AGENT", "VTEP", "HEARTBEAT")]
+        for name in state["hosts"]:
+            index = int(name.split("-")[1])
+            pid = state["pids"].get(f"agent/{name}")
+            alive = bool(pid and _alive(pid))
+            lease = by_lease.get(c.AGENT_LEASE_PREFIX + name) or {}
+            vtep = ((lease.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_VTEP)
+            age = _lease_age(lease)
+            fresh = age is not None and age < 60
+            ok &= alive and fresh
+            rows.append(
+                (
+                    name,
+                    f"198.18.0.{index}",
+                    "running" if alive else "DOWN",
+                    vtep or "-",
+                    f"{age:.0f}s ago" if age is not None else "none",
+                )
+            )
+        lines += [*_table(rows), ""]
+        rows = [("NETWORK", "CIDR", "VNI", "MTU", "ENDPOINTS", "READY")]
+        for net in sorted(nets, key=lambda n: n["metadata"]["name"]):
+            st = net.get("status") or {}
+            ready = _condition(st, "Ready")
+            ok &= ready == "True"
+            rows.append(
+                (
+                    net["metadata"]["name"],
+                    net["spec"]["cidr"],
+                    str(st.get("vni", "-")),
+                    str(st.get("mtu", "-")),
+                    str(st.get("endpoints", "-")),
+                    ready,
+                )
+            )
+        lines += [*_table(rows), ""]
+        rows = [("ENDPOINT", "HOST", "NETWORK", "IP", "MAC", "READY")]
+        for ep in sorted(eps, key=lambda e: (e["metadata"]["namespace"], e["metadata"]["name"])):
+            st = ep.get("status") or {}
+            ready = _condition(st, "Ready")
+            ok &= ready == "True"
+            rows.append(
+                (
+                    f"{ep['metadata']['namespace']}/{ep['metadata']['name']}",
+                    ep["spec"]["node"],
+                    ep["spec"]["network"],
+                    st.get("ip", "-"),
+                    st.get("mac", "-"),
+                    ready,
+                )
+            )
+        lines += _table(rows)
+        return "\n".join(lines) + "\n", ok
+
+    # -- down ----------------------------------------------------------------------------------
+
+    def down(self) -> None:
+        """Remove everything the lab created. Idempotent; also cleans up a half-started lab."""
+        state = self._state()
+        for key, pid in sorted(state["pids"].items(), key=lambda kv: kv[0] != "operator"):
+            _say(f"stopping {key}")
+            _terminate(pid, signal.SIGTERM)
+        for info in state["containers"].values():
+            del_netns(info["netns"])
+        for path in Path("/run/netns").glob(CONTAINER_PREFIX + "*"):
+            del_netns(path.name)
+        names = state["hosts"] or [p.name for p in (self.directory / "fabric").glob("host-*")]
+        for name in names:
+            with contextlib.suppress(ValueError, IndexError):
+                self.host(int(name.split("-")[1]))
+        _say("removing hosts, underlay and control plane")
+        sh("ip", "link", "del", ROOT_LEG, check=False)
+        self.plane.stop()
+        self.fabric.stop()
+        for path in Path("/run/netns").glob(f"voile-{RUN_ID}-host-*"):
+            del_netns(path.name)
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    ]
+
+
+def _condition(status: dict[str, Any], kind: str) -> str:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == kind:
+            return str(cond.get("status", "Unknown"))
+    return "Unknown"
+
+
+def _lease_age(lease: dict[str, Any]) -> float | None:
+    import datetime
+
+    renew = (lease.get("spec") or {}).get("renewTime")
+    if not renew:
+        return None
+    when = datetime.datetime.fromisoformat(renew.replace("Z", "+00:00"))
+    return (datetime.datetime.now(datetime.UTC) - when).total_seconds()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _terminate(pid: int, sig: int, grace: float = 10.0) -> None:
+    """Signal the process group (the agent runs under `ip netns exec`), then SIGKILL if needed."""
+    for s in (sig, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, s)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if not _alive(pid):
+            return
