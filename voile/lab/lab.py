@@ -3,7 +3,7 @@
 What ``up`` builds (every name carries the run id ``lab``; nothing outside 198.18.0.0/24 is used):
 
     root namespace                      fabric namespace voile-fabric-lab
-      kube-apiserver on 198.18.0.254 --- veth vlab-root0 === br0 (Linux bridge, the underlay)
+      kube-apiserver on 198.18.0.254 --- veth vllabr0 ====== br0 (Linux bridge, the underlay)
       etcd on 127.0.0.1                                       |        |        |
       voile-operator                        voile-lab-host-1  host-2   host-3   (namespaces)
                                             eth0 198.18.0.1   .2       .3
@@ -36,15 +36,13 @@ from voile.errors import LabError
 from voile.lab.host import Fabric, SimulatedHost, add_netns, del_netns, netns_exists, sh
 
 RUN_ID = "lab"
-API_ADDRESS = "198.18.0.254"
-ROOT_LEG = "vlab-root0"
-FABRIC_LEG = "vlab-fab0"
-CONTAINER_PREFIX = "voile-lab-ct-"
 ATTACH_NAMESPACE = "default"
 
 
 def lab_dir() -> Path:
-    return default_state_dir().parent / "lab"
+    """$VOILE_LAB_DIR, or next to the control plane's default state directory."""
+    env = os.environ.get("VOILE_LAB_DIR")
+    return Path(env) if env else default_state_dir().parent / "lab"
 
 
 def _bin(name: str) -> str:
@@ -58,14 +56,36 @@ def _say(message: str) -> None:
 
 
 class Lab:
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(
+        self, directory: Path | None = None, *, run_id: str = RUN_ID, underlay_octet: int = 0
+    ) -> None:
+        """One lab. ``run_id`` names every namespace and link; ``underlay_octet`` picks the
+        underlay 198.18.<octet>.0/24 (hosts .1-.N, the API server .254). A second lab (the e2e
+        tests) uses other values, so it never touches a user's lab. Both are kept in the state
+        file, so a later ``Lab()`` in the same directory finds them."""
         self.directory = (directory or lab_dir()).resolve()
         self.state_file = self.directory / "lab.json"
-        self.fabric = Fabric(self.directory / "fabric", RUN_ID)
+        saved = self._state()
+        self.run_id = saved.get("run_id", run_id)
+        octet = int(saved.get("underlay_octet", underlay_octet))
+        self.underlay = ipaddress.IPv4Network(f"198.18.{octet}.0/24")
+        self.underlay_octet = octet
+        self.api_address = str(self.underlay.network_address + 254)
+        self.root_leg = f"vl{self.run_id}r0"[:15]
+        self.fabric_leg = f"vl{self.run_id}f0"[:15]
+        self.container_prefix = f"voile-{self.run_id}-ct-"
+        self.fabric = Fabric(self.directory / "fabric", self.run_id, self.underlay)
         self.plane = ControlPlane(
-            self.directory / "controlplane", address=API_ADDRESS, extra_sans=(API_ADDRESS,)
+            self.directory / "controlplane",
+            address=self.api_address,
+            extra_sans=(self.api_address,),
         )
         self._hosts: dict[int, SimulatedHost] = {}
+
+    def container_netns(self, name: str) -> str:
+        """The network namespace (under /run/netns) of an attached container."""
+        info = self._state()["containers"].get(name)
+        return str(info["netns"]) if info else self.container_prefix + name
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -102,10 +122,12 @@ class Lab:
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces and Open vSwitch)")
         state = self._state()
-        _say("underlay: fabric namespace and bridge 198.18.0.0/24")
+        state["run_id"], state["underlay_octet"] = self.run_id, self.underlay_octet
+        self._save(state)
+        _say(f"underlay: fabric namespace and bridge {self.underlay}")
         self.fabric.start()
         self._root_leg()
-        _say("control plane: etcd + kube-apiserver on " + API_ADDRESS)
+        _say("control plane: etcd + kube-apiserver on " + self.api_address)
         endpoints = self.plane.start()
         asyncio.run(self._prepare_api())
         names = sorted(
@@ -116,7 +138,9 @@ class Lab:
         self._save(state)
         for name in names:
             index = int(name.split("-")[1])
-            _say(f"{name}: namespace, underlay 198.18.0.{index}, ovsdb-server, ovs-vswitchd")
+            _say(
+                f"{name}: namespace, underlay {self.underlay.network_address + index}, OVS daemons"
+            )
             self.host(index).start()
         self._ensure_process(
             state, "operator", self._operator_argv(), self.directory / "operator.log"
@@ -138,25 +162,35 @@ class Lab:
 
     def _root_leg(self) -> None:
         """A veth from the root namespace into the fabric: the API server's underlay address."""
-        if sh("ip", "link", "show", ROOT_LEG, check=False).returncode != 0:
+        if sh("ip", "link", "show", self.root_leg, check=False).returncode != 0:
             sh(
                 "ip",
                 "link",
                 "add",
-                ROOT_LEG,
+                self.root_leg,
                 "type",
                 "veth",
                 "peer",
                 "name",
-                FABRIC_LEG,
+                self.fabric_leg,
                 "netns",
                 self.fabric.namespace,
             )
-            sh("ip", "-n", self.fabric.namespace, "link", "set", FABRIC_LEG, "master", "br0", "up")
-        addrs = sh("ip", "-o", "-4", "addr", "show", "dev", ROOT_LEG).stdout
-        if f"{API_ADDRESS}/24" not in addrs:
-            sh("ip", "addr", "add", f"{API_ADDRESS}/24", "dev", ROOT_LEG)
-        sh("ip", "link", "set", ROOT_LEG, "up")
+            sh(
+                "ip",
+                "-n",
+                self.fabric.namespace,
+                "link",
+                "set",
+                self.fabric_leg,
+                "master",
+                "br0",
+                "up",
+            )
+        addrs = sh("ip", "-o", "-4", "addr", "show", "dev", self.root_leg).stdout
+        if f"{self.api_address}/24" not in addrs:
+            sh("ip", "addr", "add", f"{self.api_address}/24", "dev", self.root_leg)
+        sh("ip", "link", "set", self.root_leg, "up")
 
     async def _prepare_api(self) -> None:
         async with kube.KubeClient.from_config(str(self.kubeconfig)) as client:
@@ -298,7 +332,7 @@ class Lab:
             raise LabError(f"no host {host!r} in the lab (hosts: {', '.join(state['hosts'])})")
         if ip is not None:
             ipaddress.IPv4Address(ip)
-        netns = CONTAINER_PREFIX + name
+        netns = self.container_prefix + name
         add_netns(netns)
         state["containers"][name] = {"host": host, "netns": netns, "network": network}
         self._save(state)
@@ -377,7 +411,7 @@ class Lab:
     def exec(self, name: str, argv: Sequence[str]) -> int:
         state = self._state()
         info = state["containers"].get(name)
-        netns = info["netns"] if info else CONTAINER_PREFIX + name
+        netns = info["netns"] if info else self.container_prefix + name
         if not netns_exists(netns):
             raise LabError(f"no lab container {name!r}; attach it first")
         return subprocess.call(["ip", "netns", "exec", netns, *argv])
@@ -414,7 +448,7 @@ class Lab:
             rows.append(
                 (
                     name,
-                    f"198.18.0.{index}",
+                    str(self.underlay.network_address + index),
                     "running" if alive else "DOWN",
                     vtep or "-",
                     f"{age:.0f}s ago" if age is not None else "none",
@@ -465,17 +499,17 @@ class Lab:
             _terminate(pid, signal.SIGTERM)
         for info in state["containers"].values():
             del_netns(info["netns"])
-        for path in Path("/run/netns").glob(CONTAINER_PREFIX + "*"):
+        for path in Path("/run/netns").glob(self.container_prefix + "*"):
             del_netns(path.name)
         names = state["hosts"] or [p.name for p in (self.directory / "fabric").glob("host-*")]
         for name in names:
             with contextlib.suppress(ValueError, IndexError):
                 self.host(int(name.split("-")[1]))
         _say("removing hosts, underlay and control plane")
-        sh("ip", "link", "del", ROOT_LEG, check=False)
+        sh("ip", "link", "del", self.root_leg, check=False)
         self.plane.stop()
         self.fabric.stop()
-        for path in Path("/run/netns").glob(f"voile-{RUN_ID}-host-*"):
+        for path in Path("/run/netns").glob(f"voile-{self.run_id}-host-*"):
             del_netns(path.name)
         import shutil
 
