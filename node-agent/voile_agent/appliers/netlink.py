@@ -1,0 +1,330 @@
+"""The kernel side through pyroute2: veth pairs, the move into the target namespace, addresses,
+MTU, routes, and the underlay address move of the netdev datapath.
+
+Blocking calls; the controller runs them with ``asyncio.to_thread``. Every verb is idempotent:
+it converges an existing link instead of failing on EEXIST, and "already gone" (ENODEV/ENOENT) on
+delete is success. Links the agent creates carry an IFLA_IFALIAS tag (``voile:<uid>``): only
+tagged links are ever deleted, and a foreign interface of the requested name in a namespace is
+refused, never taken over.
+
+TX checksum offload is turned off with ``ethtool -K`` (through ``nsenter`` for a namespace) when
+the datapath is netdev: AF_PACKET hands the userspace datapath packets with partial checksums,
+and TCP then fails while ping works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import ipaddress
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from voile.api import constants as c
+from voile.errors import DatapathError, PlumbingError
+from voile_agent.planning.model import IFALIAS_PREFIX, DesiredPort
+from voile_agent.planning.state import netns_allowed
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALLOWED_NETNS_DIRS = ("/run/netns", "/var/run/netns")
+
+
+def alias_for(uid: str) -> str:
+    return f"{IFALIAS_PREFIX}{uid}"
+
+
+def check_netns(path: str, allowed_dirs: Sequence[str]) -> str:
+    """The resolved namespace path, or PlumbingError NamespaceNotAllowed / NamespaceNotFound.
+
+    Symlinks and '..' are resolved before the check, on both sides, so a link inside an allowed
+    directory that points at /proc/1/ns/net is refused."""
+    allowed = [os.path.realpath(d) for d in allowed_dirs]
+    outside = PlumbingError(
+        c.Reason.NAMESPACE_NOT_ALLOWED.value,
+        f"namespace path {path} is outside the agent's allowed directories "
+        f"{', '.join(allowed_dirs)}",
+    )
+    if not netns_allowed(os.path.normpath(path), [*allowed, *allowed_dirs]):
+        raise outside
+    try:
+        resolved = os.path.realpath(path, strict=False)
+    except OSError as exc:  # e.g. a link to /proc/<pid>/ns/net that cannot be followed
+        raise PlumbingError(
+            c.Reason.NAMESPACE_NOT_ALLOWED.value,
+            f"namespace path {path} cannot be resolved ({exc.strerror}); it may point outside "
+            f"the agent's allowed directories {', '.join(allowed_dirs)}",
+        ) from exc
+    if not netns_allowed(resolved, allowed):
+        raise outside
+    if not os.path.exists(resolved):
+        raise PlumbingError(c.Reason.NAMESPACE_NOT_FOUND.value, f"namespace {path} does not exist")
+    return resolved
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _ipr_in(netns: str) -> Any:
+    """An IPRoute whose netlink socket lives in ``netns``.
+
+    Why not ``IPRoute(netns=...)``: pyroute2 forks a helper process for it, and the forked child
+    inherits asyncio's signal wake-up fd, so its exit looks like a SIGTERM to the agent's loop.
+    Instead this thread enters the namespace, opens the socket, and comes back (setns is per
+    thread; the socket keeps its namespace)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(netns, os.O_RDONLY)
+    except OSError:
+        os.close(own)
+        raise
+    try:
+        _setns(target)
+        try:
+            return IPRoute()
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+@contextlib.contextmanager
+def _ipr(netns: str | None = None) -> Iterator[Any]:
+    try:
+        ipr = _ipr_in(netns) if netns else IPRoute()
+    except (OSError, NetlinkError) as exc:
+        if netns:
+            raise PlumbingError(
+                c.Reason.NAMESPACE_NOT_FOUND.value, f"cannot enter namespace {netns}: {exc}"
+            ) from exc
+        raise
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _index(ipr: Any, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _link(ipr: Any, index: int) -> Any:
+    return ipr.get_links(index)[0]
+
+
+def _alias(link: Any) -> str:
+    return str(link.get_attr("IFLA_IFALIAS") or "")
+
+
+def _ipv4_addresses(ipr: Any, index: int) -> list[str]:
+    return [
+        f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=index, family=2)
+    ]
+
+
+def _tx_off(interface: str, netns: str | None) -> None:
+    cmd = ["ethtool", "-K", interface, "tx", "off"]
+    if netns:
+        cmd = ["nsenter", f"--net={netns}", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    if proc.returncode != 0:
+        raise DatapathError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
+
+
+def _converge_inner(ipr: Any, index: int, port: DesiredPort, name: str) -> None:
+    """Name, MAC, MTU, tag, address, up and default route of an interface we own."""
+    ep = port.endpoint
+    link = _link(ipr, index)
+    want_alias = alias_for(ep.uid)
+    if (
+        link.get_attr("IFLA_IFNAME") != name
+        or link.get_attr("IFLA_ADDRESS") != ep.mac
+        or link.get_attr("IFLA_MTU") != ep.mtu
+        or _alias(link) != want_alias
+    ):
+        ipr.link("set", index=index, state="down")
+        ipr.link("set", index=index, ifname=name, address=ep.mac, mtu=ep.mtu, ifalias=want_alias)
+    want = f"{ep.ip}/{ep.prefix_length}"
+    for addr in _ipv4_addresses(ipr, index):
+        if addr != want:
+            ip, _, prefix = addr.partition("/")
+            ipr.addr("del", index=index, address=ip, prefixlen=int(prefix))
+    if want not in _ipv4_addresses(ipr, index):
+        ipr.addr("add", index=index, address=str(ep.ip), prefixlen=ep.prefix_length)
+    ipr.link("set", index=index, state="up")
+    if ep.gateway is not None and ep.gateway in ipaddress.IPv4Network(want, strict=False):
+        routes = ipr.get_default_routes(family=2)
+        if not any(r.get_attr("RTA_GATEWAY") == str(ep.gateway) for r in routes):
+            with contextlib.suppress(NetlinkError):
+                ipr.route("replace", dst="0.0.0.0/0", gateway=str(ep.gateway), oif=index)
+
+
+def plumb_veth(port: DesiredPort, netns: str, *, tx_off: bool) -> None:
+    """A veth pair: the outer end (the OVS port's name) in this namespace, the inner end in the
+    target namespace with the requested name, MAC, address, MTU and default route. Idempotent:
+    an existing inner interface tagged for this endpoint is converged, not recreated."""
+    ep = port.endpoint
+    name = ep.interface
+    with _ipr(netns) as inner:
+        index = _index(inner, name)
+        if index is not None and _alias(_link(inner, index)) != alias_for(ep.uid):
+            raise PlumbingError(
+                c.Reason.PLUMBING_FAILED.value,
+                f"interface {name} already exists in {netns} and is not this endpoint's",
+            )
+        with _ipr() as outer:
+            outer_index = _index(outer, port.name)
+            if index is None:
+                # No inner end: start over from a clean pair (remove a half-made one first).
+                for stale in (port.name, port.peer_name):
+                    stale_index = _index(outer, stale)
+                    if stale_index is not None:
+                        with contextlib.suppress(NetlinkError):
+                            outer.link("del", index=stale_index)
+                outer.link(
+                    "add",
+                    ifname=port.name,
+                    kind="veth",
+                    peer={"ifname": port.peer_name, "address": ep.mac},
+                )
+                peer_index = _index(outer, port.peer_name)
+                if peer_index is None:
+                    raise DatapathError(f"veth peer {port.peer_name} vanished after creation")
+                outer.link("set", index=peer_index, ifalias=alias_for(ep.uid), mtu=ep.mtu)
+                fd = os.open(netns, os.O_RDONLY)
+                try:
+                    outer.link("set", index=peer_index, net_ns_fd=fd)
+                finally:
+                    os.close(fd)
+                index = _index(inner, port.peer_name)
+                if index is None:
+                    raise DatapathError(f"{port.peer_name} did not arrive in {netns}")
+                outer_index = _index(outer, port.name)
+                log.info("veth created port=%s endpoint=%s netns=%s", port.name, ep.key, netns)
+            if outer_index is None:
+                raise DatapathError(f"outer veth end {port.name} is missing")
+            link = _link(outer, outer_index)
+            if link.get_attr("IFLA_MTU") != ep.mtu or _alias(link) != alias_for(ep.uid):
+                outer.link("set", index=outer_index, mtu=ep.mtu, ifalias=alias_for(ep.uid))
+            outer.link("set", index=outer_index, state="up")
+        _converge_inner(inner, index, port, name)
+    if tx_off:
+        _tx_off(name, netns)
+
+
+def configure_internal(port: DesiredPort, *, tx_off: bool, timeout: float = 10.0) -> None:
+    """Address, MTU, up and route of a host-target endpoint's OVS internal port (OVS creates the
+    device; the agent configures it). Idempotent."""
+    deadline = time.monotonic() + timeout
+    with _ipr() as ipr:
+        index = _index(ipr, port.name)
+        while index is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            index = _index(ipr, port.name)
+        if index is None:
+            raise DatapathError(f"internal port {port.name} did not appear")
+        _converge_inner(ipr, index, port, port.name)
+    if tx_off:
+        _tx_off(port.name, None)
+
+
+def unplumb(name: str) -> bool:
+    """Delete a veth (both ends) by its outer name, only if it carries the Voile tag.
+    Idempotent: False when there was nothing of ours."""
+    with _ipr() as ipr:
+        index = _index(ipr, name)
+        if index is None or not _alias(_link(ipr, index)).startswith(IFALIAS_PREFIX):
+            return False
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code not in (errno.ENODEV, errno.ENOENT):
+                raise DatapathError(f"cannot delete {name}: {exc}") from exc
+        log.info("veth deleted port=%s", name)
+        return True
+
+
+def agent_links() -> dict[str, str]:
+    """Links of this namespace tagged by the agent: name -> alias."""
+    with _ipr() as ipr:
+        result = {}
+        for link in ipr.get_links():
+            alias = _alias(link)
+            if alias.startswith(IFALIAS_PREFIX):
+                result[str(link.get_attr("IFLA_IFNAME"))] = alias
+        return result
+
+
+def link_exists(name: str, netns: str | None = None) -> bool:
+    with _ipr(netns) as ipr:
+        return _index(ipr, name) is not None
+
+
+# -- underlay (netdev datapath) ----------------------------------------------------------------
+
+
+def ipv4_addresses(interface: str) -> list[str]:
+    with _ipr() as ipr:
+        index = _index(ipr, interface)
+        return [] if index is None else _ipv4_addresses(ipr, index)
+
+
+def gateway_routes(interface: str) -> list[str]:
+    """IPv4 routes through a gateway on the interface, as ``dst via gw``."""
+    with _ipr() as ipr:
+        index = _index(ipr, interface)
+        if index is None:
+            return []
+        result = []
+        for r in ipr.get_routes(family=2, oif=index):
+            gw = r.get_attr("RTA_GATEWAY")
+            if gw:
+                dst = r.get_attr("RTA_DST") or "0.0.0.0"
+                result.append(f"{dst}/{r['dst_len']} via {gw}")
+        return result
+
+
+def mtu_of(interface: str) -> int | None:
+    with _ipr() as ipr:
+        index = _index(ipr, interface)
+        return None if index is None else int(_link(ipr, index).get_attr("IFLA_MTU"))
+
+
+def move_addresses(src: str, dst: str, addresses: Sequence[str], routes: Sequence[str]) -> None:
+    """Put ``addresses`` and ``routes`` on ``dst`` (up) and take the addresses off ``src``.
+    Idempotent: whatever is already where it belongs stays."""
+    with _ipr() as ipr:
+        src_index, dst_index = _index(ipr, src), _index(ipr, dst)
+        if dst_index is None:
+            raise DatapathError(f"{dst} does not exist")
+        ipr.link("set", index=dst_index, state="up")
+        have = _ipv4_addresses(ipr, dst_index)
+        for addr in addresses:
+            ip, _, prefix = addr.partition("/")
+            if src_index is not None and addr in _ipv4_addresses(ipr, src_index):
+                ipr.addr("del", index=src_index, address=ip, prefixlen=int(prefix))
+            if addr not in have:
+                ipr.addr("add", index=dst_index, address=ip, prefixlen=int(prefix))
+        for route in routes:
+            dst_net, _, gw = route.partition(" via ")
+            with contextlib.suppress(NetlinkError):
+                ipr.route("replace", dst=dst_net, gateway=gw, oif=dst_index)
+        if src_index is not None:
+            ipr.link("set", index=src_index, state="up")

@@ -1,0 +1,221 @@
+"""The agent's appliers against real OVS and the real kernel, one verb at a time: each verb is
+idempotent (second call: no change) and never adopts or deletes what is not Voile's.
+
+Real: one simulated host with its own ovsdb-server and ovs-vswitchd (netdev), namespaces, veths.
+The test thread enters the host's namespace (setns is per thread) so that the netlink appliers act
+there, exactly as the agent does when it runs inside the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from voile_agent.appliers import netlink
+from voile_agent.appliers.openflow import OpenFlow
+from voile_agent.appliers.ovs import Ovs
+from voile_agent.controller import datapath
+from voile_agent.planning import flows as flowplan
+from voile_agent.planning import state
+from voile_agent.planning.model import (
+    OWNER_KEY,
+    DatapathType,
+    DesiredPort,
+    LocalEndpoint,
+    PortRole,
+)
+
+from voile.api.model import TargetKind
+from voile.errors import DatapathError, PlumbingError
+from voile.lab.host import Fabric, SimulatedHost, inside_netns, run_id
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[SimulatedHost]:
+    fabric = Fabric(tmp_path / "fabric", run_id())
+    try:
+        yield fabric.host(1).start()
+    finally:
+        fabric.stop()
+
+
+def endpoint_port(netns: str, uid: str = "uid-appliers-1", ip: str = "198.19.40.2") -> DesiredPort:
+    ep = LocalEndpoint(
+        uid=uid,
+        namespace="default",
+        name="e",
+        network="n",
+        vni=40,
+        mtu=1400,
+        ip=ipaddress.IPv4Address(ip),
+        mac="0a:58:c6:13:28:02",
+        prefix_length=24,
+        gateway=ipaddress.IPv4Address("198.19.40.1"),
+        kind=TargetKind.NETNS,
+        interface="eth0",
+        netns_path=netns,
+    )
+    return state.desired_port(ep)
+
+
+def settings(host: SimulatedHost) -> datapath.DatapathSettings:
+    return datapath.DatapathSettings(
+        datapath_type=DatapathType.NETDEV,
+        ovsdb=host.ovsdb,
+        ovs_rundir=str(host.directory),
+        underlay_interface="eth0",
+    )
+
+
+def test_bridge_and_tunnel_port_converge_once(host: SimulatedHost) -> None:
+    ovs = Ovs(host.ovsdb)
+    assert ovs.ensure_bridge(
+        "br-voile", DatapathType.NETDEV, role=PortRole.INTEGRATION, secure=True
+    )
+    assert not ovs.ensure_bridge(
+        "br-voile", DatapathType.NETDEV, role=PortRole.INTEGRATION, secure=True
+    )
+    assert host.vsctl("get", "bridge", "br-voile", "fail_mode").strip() == "secure"
+    assert '"voile.dev/owner"=voile' in host.vsctl("get", "bridge", "br-voile", "external_ids")
+    assert ovs.ensure_tunnel_port("br-voile", "vxlan-voile", local_ip="198.18.0.1", dst_port=4789)
+    assert not ovs.ensure_tunnel_port(
+        "br-voile", "vxlan-voile", local_ip="198.18.0.1", dst_port=4789
+    )
+    # A changed option is converged in place.
+    assert ovs.ensure_tunnel_port("br-voile", "vxlan-voile", local_ip="198.18.0.1", dst_port=4790)
+    options = host.vsctl("get", "interface", "vxlan-voile", "options")
+    assert 'dst_port="4790"' in options and "remote_ip=flow" in options and "key=flow" in options
+
+
+def test_foreign_bridges_and_ports_are_refused_and_kept(host: SimulatedHost) -> None:
+    ovs = Ovs(host.ovsdb)
+    host.vsctl("add-br", "br-voile", "--", "set", "bridge", "br-voile", "datapath_type=netdev")
+    with pytest.raises(DatapathError, match="not Voile's"):
+        ovs.ensure_bridge("br-voile", DatapathType.NETDEV, role=PortRole.INTEGRATION, secure=True)
+    assert not ovs.delete_bridge("br-voile")
+    assert "br-voile" in host.vsctl("list-br").split()
+
+    assert ovs.ensure_bridge("br-mine", DatapathType.NETDEV, role=PortRole.INTEGRATION, secure=True)
+    host.vsctl(
+        "add-port", "br-mine", "foreign0", "--", "set", "interface", "foreign0", "type=internal"
+    )
+    assert not ovs.delete_port("foreign0")
+    assert "foreign0" in host.vsctl("list-ports", "br-mine").split()
+    assert ovs.delete_bridge("br-mine")
+    assert not ovs.delete_bridge("br-mine")
+
+
+def test_veth_plumbing_converges_and_unplumbs_once(host: SimulatedHost) -> None:
+    ovs = Ovs(host.ovsdb)
+    ovs.ensure_bridge("br-voile", DatapathType.NETDEV, role=PortRole.INTEGRATION, secure=True)
+    netns = host.endpoint_namespace("ap")
+    port = endpoint_port(netns)
+    with inside_netns(host.netns_path):
+        netlink.plumb_veth(port, netns, tx_off=True)
+        netlink.plumb_veth(port, netns, tx_off=True)  # converges, does not recreate
+        assert netlink.link_exists(port.name)
+        assert netlink.agent_links() == {port.name: netlink.alias_for(port.endpoint.uid)}
+        assert ovs.ensure_endpoint_port("br-voile", port)
+        assert not ovs.ensure_endpoint_port("br-voile", port)
+    inner = host.exec("ip", "netns", "exec", Path(netns).name, "ip", "-d", "addr", "show", "eth0")
+    assert "0a:58:c6:13:28:02" in inner.stdout and "mtu 1400" in inner.stdout
+    assert "198.19.40.2/24" in inner.stdout
+    assert netlink.alias_for(port.endpoint.uid) in inner.stdout
+    routes = host.exec("ip", "netns", "exec", Path(netns).name, "ip", "route").stdout
+    assert "default via 198.19.40.1" in routes
+    ids = host.vsctl("get", "interface", port.name, "external_ids")
+    assert "iface-id" in ids and OWNER_KEY in ids and "attached-mac" in ids
+
+    # A foreign interface with the requested name is refused, not taken over.
+    other_ns = host.endpoint_namespace("ap2")
+    host.exec(
+        "ip",
+        "netns",
+        "exec",
+        Path(other_ns).name,
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0p",
+    )
+    with inside_netns(host.netns_path), pytest.raises(PlumbingError) as refused:
+        netlink.plumb_veth(endpoint_port(other_ns, uid="uid-appliers-2"), other_ns, tx_off=False)
+    assert refused.value.reason == "PlumbingFailed"
+
+    with inside_netns(host.netns_path):
+        assert ovs.delete_port(port.name)
+        assert not ovs.delete_port(port.name)
+        assert netlink.unplumb(port.name)
+        assert not netlink.unplumb(port.name)
+        assert not netlink.link_exists(port.name)
+    gone = host.exec(
+        "ip", "netns", "exec", Path(netns).name, "ip", "link", "show", "eth0", check=False
+    )
+    assert gone.returncode != 0
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/proc/1/ns/net", "NamespaceNotAllowed"),
+        ("/tmp", "NamespaceNotAllowed"),
+        ("/run/netns/voile-surely-absent", "NamespaceNotFound"),
+    ],
+)
+def test_namespace_policy(path: str, reason: str) -> None:
+    with pytest.raises(PlumbingError) as err:
+        netlink.check_netns(path, netlink.DEFAULT_ALLOWED_NETNS_DIRS)
+    assert err.value.reason == reason
+
+
+def test_underlay_move_is_idempotent_and_undone(host: SimulatedHost) -> None:
+    ovs = Ovs(host.ovsdb)
+    s = settings(host)
+    with inside_netns(host.netns_path):
+        datapath.ensure_underlay(ovs, s)
+        datapath.ensure_underlay(ovs, s)
+        vtep = datapath.resolve_vtep(ovs, s, vtep_ip=None, vtep_interface="eth0")
+    assert vtep == host.address
+    assert f"{host.address}/24" in host.exec("ip", "-o", "addr", "show", "br-underlay").stdout
+    assert str(host.address) not in host.exec("ip", "-o", "-4", "addr", "show", "eth0").stdout
+    with inside_netns(host.netns_path):
+        assert datapath.undo_underlay(ovs, s)
+        assert not datapath.undo_underlay(ovs, s)
+    assert f"{host.address}/24" in host.exec("ip", "-o", "addr", "show", "eth0").stdout
+    assert "br-underlay" not in host.vsctl("list-br")
+
+
+def test_flow_diffs_apply_atomically_and_converge(host: SimulatedHost) -> None:
+    ovs = Ovs(host.ovsdb)
+    ovs.ensure_bridge("br-voile", DatapathType.NETDEV, role=PortRole.INTEGRATION, secure=True)
+    host.ofctl("add-flow", "br-voile", "table=5,priority=1,actions=drop")  # foreign, cookie 0
+    of = OpenFlow("br-voile", str(host.directory))
+    port = endpoint_port("/run/netns/unused")
+    plumbed = [flowplan.PlumbedEndpoint(endpoint=port.endpoint, ofport=7)]
+    want = flowplan.plan_flows(tunnel_ofport=1, local=plumbed, remote=[])
+
+    async def scenario() -> None:
+        await of.apply(flowplan.diff_flows(want, await of.cookies()))
+        assert sorted(await of.cookies()) == sorted(f.cookie for f in want)
+        assert flowplan.diff_flows(want, await of.cookies()).empty
+        smaller = flowplan.plan_flows(tunnel_ofport=1, local=[], remote=[])
+        await of.apply(flowplan.diff_flows(smaller, await of.cookies()))
+        assert sorted(await of.cookies()) == sorted(f.cookie for f in smaller)
+        # A bad line fails the whole bundle: nothing changes.
+        bad = flowplan.Flow(table=0, priority=9, match="no_such_field=1", actions="drop")
+        with pytest.raises(DatapathError):
+            await of.apply(flowplan.FlowDiff(add=(*want, bad), delete=()))
+        assert sorted(await of.cookies()) == sorted(f.cookie for f in smaller)
+        await of.delete_all()
+        assert await of.cookies() == []
+
+    asyncio.run(scenario())
+    assert "table=5" in host.ofctl("dump-flows", "br-voile")  # not ours: kept

@@ -1,0 +1,464 @@
+"""The node agent end to end on real OVS: connectivity, MTU, isolation between networks with the
+same CIDR, deletion and cleanup, restart without loss, drift repair. See conftest for what is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import time
+
+from voile import kube
+from voile.api import constants as c
+
+from .conftest import Lab, Operator, in_ns, spawn
+
+CIDR = "198.19.10.0/24"
+
+
+def ping(
+    netns: str, dst: str, *args: str, count: int = 3, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return in_ns(netns, "ping", "-n", "-c", str(count), "-W", "2", *args, dst, timeout=timeout)
+
+
+def mtu_of(netns: str, interface: str = "eth0") -> int:
+    out = in_ns(netns, "ip", "-o", "link", "show", interface).stdout
+    match = re.search(r"\bmtu (\d+)", out)
+    assert match, out
+    return int(match.group(1))
+
+
+async def two_endpoints(
+    lab: Lab, op: Operator, *, resync: float = 30.0, vni: int = 5001, gateway: str | None = None
+) -> tuple[str, str, str]:
+    """A network and one endpoint on each of two hosts; returns (network, ns1, ns2)."""
+    h1, h2 = lab.add_hosts(2, resync=resync)
+    net = await op.network("blue", CIDR, vni, gateway=gateway)
+    ns1, ns2 = h1.endpoint_namespace("e1"), h2.endpoint_namespace("e2")
+    await op.endpoint("e1", network=net, node=lab.node(h1), ip="198.19.10.2", netns=ns1, vni=vni)
+    await op.endpoint("e2", network=net, node=lab.node(h2), ip="198.19.10.3", netns=ns2, vni=vni)
+    await op.ready("e1")
+    await op.ready("e2")
+    return net, ns1, ns2
+
+
+async def wait_ping(netns: str, dst: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if ping(netns, dst, count=1).returncode == 0:
+            return
+        assert time.monotonic() < deadline, f"no ping {dst} from {netns} within {timeout}s"
+        await asyncio.sleep(0.5)
+
+
+async def test_cross_host_ping_tcp_and_mtu(lab: tuple[Lab, Operator]) -> None:
+    the_lab, op = lab
+    _, ns1, ns2 = await two_endpoints(the_lab, op, gateway="198.19.10.1")
+    h1, h2 = the_lab.hosts
+
+    # Status: the agent's VTEP and Ready; the heartbeat Lease carries the VTEP too.
+    e1 = await op.get("e1")
+    assert e1 is not None
+    assert e1["status"]["vtep"] == str(h1.address)
+    assert c.AGENT_FINALIZER in e1["metadata"]["finalizers"]
+    lease = await op.user.get(
+        kube.path(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            namespace=c.DEFAULT_NAMESPACE,
+            name=f"voile-agent-{the_lab.node(h1)}",
+        )
+    )
+    assert lease is not None
+    assert lease["metadata"]["annotations"][c.ANNOTATION_VTEP] == str(h1.address)
+    assert lease["spec"]["holderIdentity"] == the_lab.node(h1)
+
+    # MTU inside the endpoint is the network's.
+    assert mtu_of(ns1) == 1450 and mtu_of(ns2) == 1450
+    # The network's gateway is the default route; TX checksum offload is off (netdev).
+    assert "default via 198.19.10.1 dev eth0" in in_ns(ns1, "ip", "route").stdout
+    assert "tx-checksumming: off" in in_ns(ns1, "ethtool", "-k", "eth0").stdout
+
+    await wait_ping(ns1, "198.19.10.3")
+    result = ping(ns1, "198.19.10.3", count=5)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " 0% packet loss" in result.stdout
+
+    # Full-size frames with DF pass; one byte more does not.
+    full = ping(ns1, "198.19.10.3", "-M", "do", "-s", str(1450 - 28), count=3)
+    assert full.returncode == 0, full.stdout + full.stderr
+    over = ping(ns1, "198.19.10.3", "-M", "do", "-s", str(1450 - 27), count=2)
+    assert over.returncode != 0
+
+    # TCP through the VNI.
+    server = spawn(
+        "ip", "netns", "exec", ns2.rsplit("/", 1)[1], "iperf3", "-s", "-1", "-B", "198.19.10.3"
+    )
+    try:
+        await asyncio.sleep(0.5)
+        client = in_ns(ns1, "iperf3", "-c", "198.19.10.3", "-t", "2", "-J", timeout=30)
+        assert client.returncode == 0, client.stdout[-500:] + client.stderr
+        assert '"bits_per_second"' in client.stdout
+        import json
+
+        bps = json.loads(client.stdout)["end"]["sum_received"]["bits_per_second"]
+        assert bps > 1e6
+    finally:
+        server.kill()
+        server.wait(5)
+
+    # The packets really crossed the tunnel with this VNI: host 2's tunnel rule counted them.
+    tunnel_ofport = h2.vsctl("get", "interface", "vxlan-voile", "ofport").strip()
+    rules = h2.ofctl("dump-flows", "br-voile", f"in_port={tunnel_ofport},tun_id=5001")
+    packets = [int(n) for n in re.findall(r"n_packets=(\d+)", rules)]
+    assert packets and packets[0] > 1000, rules
+
+
+async def test_same_cidr_networks_never_see_each_other(lab: tuple[Lab, Operator]) -> None:
+    the_lab, op = lab
+    h1, h2 = the_lab.hosts or the_lab.add_hosts(2)
+    red = await op.network("red", CIDR, 101)
+    green = await op.network("green", CIDR, 102)
+    spots = {
+        ("red", "a"): (h1, "198.19.10.2", red, 101),
+        ("red", "b"): (h2, "198.19.10.3", red, 101),
+        ("green", "a"): (h1, "198.19.10.2", green, 102),
+        ("green", "b"): (h2, "198.19.10.3", green, 102),
+        ("green", "c"): (h2, "198.19.10.4", green, 102),
+    }
+    ns: dict[tuple[str, str], str] = {}
+    for (color, x), (host, ip, net, vni) in spots.items():
+        ns[(color, x)] = host.endpoint_namespace(f"{color[0]}{x}")
+        await op.endpoint(
+            f"{color}-{x}",
+            network=net,
+            node=the_lab.node(host),
+            ip=ip,
+            netns=ns[(color, x)],
+            vni=vni,
+        )
+    for color, x in spots:
+        await op.ready(f"{color}-{x}")
+
+    await wait_ping(ns[("red", "a")], "198.19.10.3")
+    await wait_ping(ns[("green", "a")], "198.19.10.3")
+
+    # Capture the underlay of host 1 while both networks talk: two VNIs on the wire.
+    capture = spawn(
+        "ip",
+        "netns",
+        "exec",
+        h1.namespace,
+        "timeout",
+        "15",
+        "tcpdump",
+        "-n",
+        "-l",
+        "-i",
+        h1.underlay_interface,
+        "udp",
+        "port",
+        "4789",
+    )
+    # And capture green-b, which shares red-b's address, while red pings.
+    spy = spawn(
+        "ip",
+        "netns",
+        "exec",
+        ns[("green", "b")].rsplit("/", 1)[1],
+        "timeout",
+        "6",
+        "tcpdump",
+        "-n",
+        "-l",
+        "-i",
+        "eth0",
+        "icmp or arp",
+    )
+    await asyncio.sleep(1.0)
+    try:
+        fast = ("-i", "0.2")
+        assert ping(ns[("red", "a")], "198.19.10.3", *fast, count=5, timeout=20).returncode == 0
+        # red has no .4; green-c's .4 must stay out of reach.
+        assert ping(ns[("red", "a")], "198.19.10.4", *fast, count=2, timeout=20).returncode != 0
+        spied, _ = spy.communicate(timeout=20)
+        assert ping(ns[("green", "a")], "198.19.10.3", *fast, count=5, timeout=20).returncode == 0
+        wire, _ = capture.communicate(timeout=30)
+    finally:
+        for p in (capture, spy):
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+    vnis = set(re.findall(r"vni (\d+)", wire))
+    assert {"101", "102"} <= vnis, wire
+    assert "ICMP" not in spied, spied
+
+
+async def test_refused_and_missing_namespaces_are_reported(lab: tuple[Lab, Operator]) -> None:
+    the_lab, op = lab
+    (h1,) = the_lab.add_hosts(1)
+    net = await op.network("pol", CIDR, 7001)
+    link = f"/run/netns/voile-{the_lab.rid}-sneaky"
+    os.symlink("/proc/1/ns/net", link)
+    try:
+        await op.endpoint(
+            "sneaky", network=net, node=the_lab.node(h1), ip="198.19.10.9", netns=link, vni=7001
+        )
+        await op.endpoint(
+            "hostns",
+            network=net,
+            node=the_lab.node(h1),
+            ip="198.19.10.8",
+            netns="/proc/1/ns/net",
+            vni=7001,
+        )
+        await op.endpoint(
+            "absent",
+            network=net,
+            node=the_lab.node(h1),
+            ip="198.19.10.10",
+            netns=f"/run/netns/voile-{the_lab.rid}-nowhere",
+            vni=7001,
+        )
+        await op.endpoint(
+            "unalloc",
+            network=net,
+            node=the_lab.node(h1),
+            ip="198.19.10.11",
+            netns=h1.endpoint_namespace("u"),
+            vni=7001,
+            allocate=False,
+        )
+        for name in ("sneaky", "hostns"):
+            obj = await op.ready(name, reason=c.Reason.NAMESPACE_NOT_ALLOWED.value)
+            cond = next(x for x in obj["status"]["conditions"] if x["type"] == "Ready")
+            assert cond["status"] == "False" and "outside" in cond["message"]
+    finally:
+        os.unlink(link)
+    await op.ready("absent", reason=c.Reason.NAMESPACE_NOT_FOUND.value)
+    await op.ready("unalloc", reason=c.Reason.WAITING_FOR_ALLOCATION.value)
+    # Nothing was plumbed for them.
+    assert "vo" not in " ".join(
+        p for p in h1.vsctl("list-ports", "br-voile").split() if p.startswith("vo")
+    )
+
+
+def flow_table(host_ofctl: str) -> dict[str, tuple[float, int]]:
+    """cookie -> (duration, n_packets) from a dump-flows output."""
+    table = {}
+    for line in host_ofctl.splitlines():
+        m = re.search(r"cookie=(0x[0-9a-f]+).*duration=([0-9.]+)s.*n_packets=(\d+)", line)
+        if m:
+            table[m.group(1)] = (float(m.group(2)), int(m.group(3)))
+    return table
+
+
+async def test_delete_endpoint_then_cleanup_leaves_nothing(lab: tuple[Lab, Operator]) -> None:
+    the_lab, op = lab
+    _, ns1, _ = await two_endpoints(the_lab, op, vni=5002)
+    h1, _ = the_lab.hosts
+    obj = await op.get("e1")
+    assert obj is not None
+    from voile_agent.planning.naming import port_name
+
+    port = port_name(obj["metadata"]["uid"])
+    ofport = h1.vsctl("get", "interface", port, "ofport").strip()
+    flows = h1.ofctl("dump-flows", "br-voile")
+    assert f"in_port={ofport}" in flows
+
+    await op.delete("e1")
+    await op.gone("e1")
+    assert port not in h1.vsctl("list-ports", "br-voile").split()
+    assert h1.exec("ip", "link", "show", port, check=False).returncode != 0
+    assert in_ns(ns1, "ip", "link", "show", "eth0").returncode != 0
+    flows = h1.ofctl("dump-flows", "br-voile")
+    assert f"in_port={ofport}," not in flows and f"output:{ofport}" not in flows
+    assert "198.19.10.2" not in flows  # nothing left of e1 (its ARP answer included)
+
+    # cleanup: stop the agent, remove everything it owns, give eth0 its address back.
+    agent = the_lab.agents[0]
+    agent.kill(signal.SIGTERM)
+    assert "br-underlay" in h1.vsctl("list-br")
+    assert str(h1.address) not in h1.exec("ip", "-4", "-o", "addr", "show", "eth0").stdout
+    result = agent.cleanup_command()
+    assert result.returncode == 0, result.stderr
+    assert h1.vsctl("list-br").strip() == ""
+    assert f"{h1.address}/24" in h1.exec("ip", "-4", "-o", "addr", "show", "eth0").stdout
+    links = h1.exec("ip", "-o", "link", "show").stdout
+    assert "voile:" not in h1.exec("ip", "-d", "link", "show").stdout
+    assert "vo" not in " ".join(re.findall(r"^\d+: (vo\w+)", links, re.M))
+    # The underlay still works without Voile, and cleanup is idempotent.
+    assert h1.exec("ping", "-c", "1", "-W", "2", "198.18.0.2", check=False).returncode == 0
+    assert agent.cleanup_command().returncode == 0
+
+
+async def test_sigkill_during_traffic_loses_nothing_and_rewrites_no_flow(
+    lab: tuple[Lab, Operator],
+) -> None:
+    the_lab, op = lab
+    _, ns1, _ = await two_endpoints(the_lab, op, vni=5003)
+    h1, _ = the_lab.hosts
+    await wait_ping(ns1, "198.19.10.3")
+    await asyncio.sleep(1.0)  # let a pass settle
+    before = flow_table(h1.ofctl("dump-flows", "br-voile"))
+    assert len(before) > 5
+
+    count = 600  # 6 s at 100 packets per second
+    pinger = spawn(
+        "ip",
+        "netns",
+        "exec",
+        ns1.rsplit("/", 1)[1],
+        "ping",
+        "-n",
+        "-i",
+        "0.01",
+        "-c",
+        str(count),
+        "-W",
+        "1",
+        "198.19.10.3",
+    )
+    try:
+        await asyncio.sleep(1.0)
+        agent = the_lab.agents[0]
+        agent.kill(signal.SIGKILL)
+        await asyncio.sleep(1.0)
+        killed_at = time.monotonic()
+        agent.start()
+        out, err = pinger.communicate(timeout=60)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+            pinger.wait(5)
+    assert f"{count} packets transmitted, {count} received" in out, out[-400:] + err
+
+    # Give the restarted agent time for at least one full pass, then compare flows.
+    deadline = time.monotonic() + 30
+    while (
+        "flows applied" not in agent.log.read_text().split("---- start 2")[-1]
+        and "pass done" not in agent.log.read_text().split("---- start 2")[-1]
+    ):
+        assert time.monotonic() < deadline, agent.log_tail()
+        await asyncio.sleep(0.5)
+    after = flow_table(h1.ofctl("dump-flows", "br-voile"))
+    assert set(after) == set(before)
+    elapsed = time.monotonic() - killed_at
+    for cookie, (duration, packets) in before.items():
+        d2, p2 = after[cookie]
+        assert d2 >= duration + elapsed - 1.0, f"flow {cookie} was re-added"
+        assert p2 >= packets
+    restarted = agent.log.read_text().split("---- start 2")[-1]
+    assert "flows applied" not in restarted, "the restart rewrote flows"
+
+
+async def test_port_or_flow_deleted_by_hand_comes_back(lab: tuple[Lab, Operator]) -> None:
+    the_lab, op = lab
+    resync = 3.0
+    _, ns1, _ = await two_endpoints(the_lab, op, resync=resync, vni=5004)
+    h1, _ = the_lab.hosts
+    await wait_ping(ns1, "198.19.10.3")
+    obj = await op.get("e1")
+    assert obj is not None
+    from voile_agent.planning.naming import port_name
+
+    port = port_name(obj["metadata"]["uid"])
+
+    # A port removed by hand.
+    h1.vsctl("del-port", "br-voile", port)
+    assert port not in h1.vsctl("list-ports", "br-voile").split()
+    deadline = time.monotonic() + resync + 10
+    while port not in h1.vsctl("list-ports", "br-voile").split():
+        assert time.monotonic() < deadline, "port not restored"
+        await asyncio.sleep(0.3)
+    await wait_ping(ns1, "198.19.10.3", timeout=resync + 10)
+
+    # A flow removed by hand (the unicast rule towards e2).
+    flows = h1.ofctl("dump-flows", "br-voile")
+    line = next(x for x in flows.splitlines() if "tun_dst" in x and "dl_dst=" in x)
+    cookie = re.search(r"cookie=(0x[0-9a-f]+)", line)
+    assert cookie
+    h1.ofctl("del-flows", "br-voile", f"cookie={cookie.group(1)}/-1")
+    assert cookie.group(1) not in h1.ofctl("dump-flows", "br-voile")
+    deadline = time.monotonic() + resync + 10
+    while cookie.group(1) not in h1.ofctl("dump-flows", "br-voile"):
+        assert time.monotonic() < deadline, "flow not restored"
+        await asyncio.sleep(0.3)
+    await wait_ping(ns1, "198.19.10.3", timeout=10)
+
+
+async def test_flood_reaches_only_vteps_of_the_network_and_host_targets_work(
+    lab: tuple[Lab, Operator],
+) -> None:
+    """Three hosts: blue on hosts 1 and 2, gray on hosts 1 and 3 (host 3 through an OVS
+    internal port in the host's own namespace). Blue's broadcasts go to host 2, never host 3."""
+    the_lab, op = lab
+    h1, h2, h3 = the_lab.add_hosts(3)
+    blue = await op.network("blue", CIDR, 6001)
+    gray = await op.network("gray", "198.19.20.0/24", 6002)
+    ns1, ns2 = h1.endpoint_namespace("b1"), h2.endpoint_namespace("b2")
+    g1 = h1.endpoint_namespace("g1")
+    await op.endpoint(
+        "b1", network=blue, node=the_lab.node(h1), ip="198.19.10.2", netns=ns1, vni=6001
+    )
+    await op.endpoint(
+        "b2", network=blue, node=the_lab.node(h2), ip="198.19.10.3", netns=ns2, vni=6001
+    )
+    await op.endpoint(
+        "g1", network=gray, node=the_lab.node(h1), ip="198.19.20.2", netns=g1, vni=6002
+    )
+    await op.endpoint(
+        "g3",
+        network=gray,
+        node=the_lab.node(h3),
+        ip="198.19.20.3",
+        netns="",
+        vni=6002,
+        host_interface="vgray0",
+    )
+    for name in ("b1", "b2", "g1", "g3"):
+        await op.ready(name)
+
+    # The host target is an internal port in host 3's namespace, reachable across hosts.
+    assert "198.19.20.3/24" in h3.exec("ip", "-4", "-o", "addr", "show", "vgray0").stdout
+    assert h3.vsctl("get", "interface", "vgray0", "type").strip() == "internal"
+    await wait_ping(g1, "198.19.20.3")
+
+    caps = {
+        h.name: spawn(
+            "ip",
+            "netns",
+            "exec",
+            h.namespace,
+            "timeout",
+            "15",
+            "tcpdump",
+            "-n",
+            "-l",
+            "-i",
+            h.underlay_interface,
+            "udp",
+            "port",
+            "4789",
+        )
+        for h in (h2, h3)
+    }
+    await asyncio.sleep(2.0)  # let both captures start
+    try:
+        # Broadcast and ARP for an unknown address: both must be flooded within blue only.
+        in_ns(ns1, "ping", "-b", "-c", "3", "-i", "0.2", "198.19.10.255", timeout=20)
+        in_ns(ns1, "ping", "-c", "2", "-i", "0.2", "-W", "1", "198.19.10.77", timeout=20)
+        out = {name: p.communicate(timeout=30)[0] for name, p in caps.items()}
+    finally:
+        for p in caps.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+    assert "vni 6001" in out[h2.name] and "198.19.10.255" in out[h2.name], out[h2.name]
+    assert "who-has 198.19.10.77" in out[h2.name], out[h2.name]
+    assert "vni 6001" not in out[h3.name], out[h3.name]

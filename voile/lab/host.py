@@ -1,0 +1,465 @@
+"""Simulated hosts on one machine: a network namespace per host, joined by veth to an underlay
+Linux bridge that lives in its own "fabric" namespace, each host with its own ovsdb-server and
+ovs-vswitchd (userspace datapath) in its own directory.
+
+Used by the functional tests, the benchmark and the lab. Every name carries a run id, so several
+runs on one machine (parallel test sessions, the lab) never collide, and ``stop`` removes exactly
+what ``start`` made: daemons (by their pid files), namespaces, links and files.
+
+Only 198.18.0.0/15 addresses are used (RFC 2544 benchmarking space), and only inside the
+namespaces created here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from voile.errors import LabError
+
+UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
+SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
+NETNS_DIR = Path("/run/netns")
+
+
+def run_id() -> str:
+    """A short random id for one run (names stay within 15 characters)."""
+    return secrets.token_hex(3)
+
+
+def sh(
+    *cmd: str,
+    check: bool = True,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        list(cmd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
+        input=input,
+    )
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def netns_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def add_netns(name: str) -> None:
+    """Create a named namespace (under /run/netns) with loopback up. Idempotent."""
+    if not netns_exists(name):
+        sh("ip", "netns", "add", name)
+    sh("ip", "-n", name, "link", "set", "lo", "up")
+
+
+def del_netns(name: str) -> None:
+    """Remove a named namespace. Idempotent."""
+    if netns_exists(name):
+        sh("ip", "netns", "del", name, check=False)
+
+
+def _kill_pidfile(pidfile: Path, timeout: float = 5.0) -> None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+class Fabric:
+    """The underlay: a Linux bridge ``br0`` in namespace ``voile-fabric-<id>``."""
+
+    def __init__(
+        self,
+        directory: Path,
+        rid: str | None = None,
+        underlay: ipaddress.IPv4Network = UNDERLAY,
+    ) -> None:
+        self.id = rid or run_id()
+        self.underlay = underlay
+        self.directory = Path(directory)
+        self.namespace = f"voile-fabric-{self.id}"
+        self.hosts: list[SimulatedHost] = []
+
+    @property
+    def prefix(self) -> str:
+        return f"voile-{self.id}-"
+
+    def start(self) -> Fabric:
+        """Idempotent."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        add_netns(self.namespace)
+        if sh("ip", "-n", self.namespace, "link", "show", "br0", check=False).returncode != 0:
+            sh("ip", "-n", self.namespace, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.namespace, "link", "set", "br0", "up")
+        return self
+
+    def host(self, index: int, name: str | None = None) -> SimulatedHost:
+        """A host (not yet started) with underlay address 198.18.0.<index>."""
+        host = SimulatedHost(self, name or f"host-{index}", index)
+        self.hosts.append(host)
+        return host
+
+    def stop(self) -> None:
+        """Stop every host, then remove the fabric. Idempotent, also after a partial start."""
+        errors: list[str] = []
+        for host in reversed(self.hosts):
+            try:
+                host.stop()
+            except Exception as exc:
+                errors.append(f"{host.name}: {exc}")
+        del_netns(self.namespace)
+        shutil.rmtree(self.directory, ignore_errors=True)
+        if errors:
+            raise LabError("; ".join(errors))
+
+
+class SimulatedHost:
+    """Namespace ``<prefix>host-N`` with ``eth0`` = 198.18.0.N/24 on the fabric bridge, and its
+    own Open vSwitch daemons whose sockets, database and logs live in ``directory``."""
+
+    def __init__(self, fabric: Fabric, name: str, index: int) -> None:
+        if not 1 <= index <= 250:
+            raise LabError(f"host index {index} is outside 1..250")
+        self.fabric = fabric
+        self.name = name
+        self.index = index
+        self.namespace = f"{fabric.prefix}{name}"
+        self.directory = fabric.directory / name
+        self.underlay_interface = "eth0"
+        self.address = fabric.underlay.network_address + index
+        self.extra_namespaces: list[str] = []
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    @property
+    def db_sock(self) -> Path:
+        return self.directory / "db.sock"
+
+    @property
+    def ovsdb(self) -> str:
+        return f"unix:{self.db_sock}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        d = str(self.directory)
+        return {**os.environ, "OVS_RUNDIR": d, "OVS_DBDIR": d, "OVS_LOGDIR": d}
+
+    @property
+    def netns_path(self) -> str:
+        return str(NETNS_DIR / self.namespace)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> SimulatedHost:
+        """Create the namespace, the underlay link and the OVS daemons. Idempotent."""
+        self.fabric.start()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        add_netns(self.namespace)
+        fab_if = f"vf{self.fabric.id}h{self.index}"[:15]
+        if (
+            sh(
+                "ip", "-n", self.namespace, "link", "show", self.underlay_interface, check=False
+            ).returncode
+            != 0
+        ):
+            sh(
+                "ip",
+                "link",
+                "add",
+                "name",
+                fab_if,
+                "netns",
+                self.fabric.namespace,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                self.underlay_interface,
+                "netns",
+                self.namespace,
+            )
+            sh("ip", "-n", self.fabric.namespace, "link", "set", fab_if, "master", "br0", "up")
+            prefix = self.fabric.underlay.prefixlen
+            sh(
+                "ip",
+                "-n",
+                self.namespace,
+                "addr",
+                "add",
+                f"{self.address}/{prefix}",
+                "dev",
+                self.underlay_interface,
+            )
+        sh("ip", "-n", self.namespace, "link", "set", self.underlay_interface, "up")
+        self._start_ovs()
+        return self
+
+    def _alive(self, daemon: str) -> bool:
+        try:
+            pid = int((self.directory / f"{daemon}.pid").read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def _start_ovs(self) -> None:
+        d = self.directory
+        conf = d / "conf.db"
+        if not conf.exists():
+            sh("ovsdb-tool", "create", str(conf), str(SCHEMA))
+        if not self._alive("ovsdb-server"):
+            sh(
+                "ip",
+                "netns",
+                "exec",
+                self.namespace,
+                "ovsdb-server",
+                str(conf),
+                f"--remote=punix:{self.db_sock}",
+                f"--pidfile={d}/ovsdb-server.pid",
+                f"--unixctl={d}/ovsdb-server.ctl",
+                f"--log-file={d}/ovsdb-server.log",
+                "--detach",
+                env=self.env,
+            )
+            sh("ovs-vsctl", f"--db={self.ovsdb}", "--no-wait", "init", env=self.env)
+        if not self._alive("ovs-vswitchd"):
+            sh(
+                "ip",
+                "netns",
+                "exec",
+                self.namespace,
+                "ovs-vswitchd",
+                self.ovsdb,
+                f"--pidfile={d}/ovs-vswitchd.pid",
+                f"--unixctl={d}/ovs-vswitchd.ctl",
+                f"--log-file={d}/ovs-vswitchd.log",
+                "--detach",
+                env=self.env,
+            )
+        self.vsctl("--timeout=20", "show")
+
+    def stop(self) -> None:
+        """Kill this host's daemons, remove its namespaces, links and files. Idempotent."""
+        for daemon in ("ovs-vswitchd", "ovsdb-server"):
+            _kill_pidfile(self.directory / f"{daemon}.pid")
+        for ns in self.extra_namespaces:
+            del_netns(ns)
+        del_netns(self.namespace)
+        fab_if = f"vf{self.fabric.id}h{self.index}"[:15]
+        sh("ip", "-n", self.fabric.namespace, "link", "del", fab_if, check=False)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def exec(
+        self, *cmd: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the host's namespace with its OVS environment."""
+        return sh(
+            "ip", "netns", "exec", self.namespace, *cmd, check=check, timeout=timeout, env=self.env
+        )
+
+    def popen(self, *cmd: str, **kwargs: object) -> subprocess.Popen[str]:
+        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+            ["ip", "netns", "exec", self.namespace, *cmd], env=self.env, text=True, **kwargs
+        )
+
+    def vsctl(self, *args: str, check: bool = True) -> str:
+        return sh("ovs-vsctl", f"--db={self.ovsdb}", *args, check=check, env=self.env).stdout
+
+    def mgmt(self, bridge: str) -> str:
+        """The OpenFlow management socket of a bridge of this host's ovs-vswitchd."""
+        return f"unix:{self.directory / (bridge + '.mgmt')}"
+
+    def ofctl(self, command: str, bridge: str, *args: str, check: bool = True) -> str:
+        return sh(
+            "ovs-ofctl",
+            "-O",
+            "OpenFlow14",
+            command,
+            self.mgmt(bridge),
+            *args,
+            check=check,
+            env=self.env,
+        ).stdout
+
+    def appctl(self, *args: str) -> str:
+        return sh(
+            "ovs-appctl", "-t", str(self.directory / "ovs-vswitchd.ctl"), *args, env=self.env
+        ).stdout
+
+    def endpoint_namespace(self, short: str) -> str:
+        """Create (idempotently) a namespace for an endpoint of this host; removed by ``stop``.
+        Returns its path under /run/netns."""
+        name = f"{self.namespace}-{short}"
+        add_netns(name)
+        if name not in self.extra_namespaces:
+            self.extra_namespaces.append(name)
+        return str(NETNS_DIR / name)
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def inside_netns(path: str) -> Iterator[None]:
+    """Run the calling thread (only it: setns is per thread) inside a namespace, then come back.
+    Sockets and child processes made meanwhile belong to that namespace."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+        try:
+            _setns(target)
+            try:
+                yield
+            finally:
+                _setns(own)
+        finally:
+            os.close(target)
+    finally:
+        os.close(own)
+
+
+class LoopbackForwarder:
+    """Listen on 127.0.0.1:<port> inside a namespace and relay each connection to 127.0.0.1:<port>
+    of the caller's namespace: agents in simulated hosts reach a control plane on the machine's
+    loopback with the same kubeconfig, and no address is added anywhere outside our namespaces.
+
+    Threads only (setns is per thread): the listening socket is made in the target namespace,
+    then the thread returns to its own, where the outgoing connections are made.
+    """
+
+    def __init__(self, netns_path: str, port: int) -> None:
+        self.netns_path = netns_path
+        self.port = port
+        self._listener: socket.socket | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> LoopbackForwarder:
+        ready: list[BaseException | None] = []
+        done = threading.Event()
+
+        def serve() -> None:
+            try:
+                own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+                target = os.open(self.netns_path, os.O_RDONLY)
+                try:
+                    _setns(target)
+                    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    listener.bind(("127.0.0.1", self.port))
+                    listener.listen(64)
+                    _setns(own)
+                finally:
+                    os.close(own)
+                    os.close(target)
+                self._listener = listener
+                ready.append(None)
+            except BaseException as exc:
+                ready.append(exc)
+                done.set()
+                return
+            done.set()
+            while not self._stopped.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                threading.Thread(target=self._relay, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True, name=f"fwd {self.netns_path}").start()
+        done.wait(10)
+        if not ready or ready[0] is not None:
+            raise LabError(f"cannot listen in {self.netns_path}: {ready[0] if ready else '?'}")
+        return self
+
+    def _relay(self, conn: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        except OSError:
+            conn.close()
+            return
+        upstream.settimeout(None)
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+
+        t = threading.Thread(target=pump, args=(upstream, conn), daemon=True)
+        t.start()
+        pump(conn, upstream)
+        t.join()
+        conn.close()
+        upstream.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+
+
+def in_netns(
+    path_or_name: str, *cmd: str, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run a command in a namespace given by name or /run/netns path."""
+    name = Path(path_or_name).name
+    return sh("ip", "netns", "exec", name, *cmd, check=check, timeout=timeout)
+
+
+def start_hosts(
+    directory: Path, count: int, rid: str | None = None
+) -> tuple[Fabric, Sequence[SimulatedHost]]:
+    """A fabric and ``count`` started hosts; on failure everything made so far is removed."""
+    fabric = Fabric(directory, rid)
+    try:
+        fabric.start()
+        hosts = [fabric.host(i + 1).start() for i in range(count)]
+    except BaseException:
+        fabric.stop()
+        raise
+    return fabric, hosts
