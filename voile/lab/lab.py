@@ -191,6 +191,9 @@ class Lab:
         if f"{self.api_address}/24" not in addrs:
             sh("ip", "addr", "add", f"{self.api_address}/24", "dev", self.root_leg)
         sh("ip", "link", "set", self.root_leg, "up")
+        # The hosts' underlay ports are OVS netdev (AF_PACKET) ports, which pass on partial
+        # checksums as they are: the API server's TCP must leave with full checksums.
+        sh("ethtool", "-K", self.root_leg, "tx", "off")
 
     async def _prepare_api(self) -> None:
         async with kube.KubeClient.from_config(str(self.kubeconfig)) as client:

@@ -127,9 +127,17 @@ class Agent:
         self.local.start()
         self.networks.start()
         try:
-            await asyncio.wait_for(
-                asyncio.gather(self.local.synced.wait(), self.networks.synced.wait()), 120
-            )
+            # Until the first lists arrive the agent changes nothing: OVS keeps forwarding with
+            # the flows it has, however long the API server is out of reach.
+            synced = asyncio.gather(self.local.synced.wait(), self.networks.synced.wait())
+            while True:
+                done, _ = await asyncio.wait({synced}, timeout=30)
+                if done:
+                    break
+                log.warning(
+                    "still waiting for the first list from the API server; not changing "
+                    "the datapath until it arrives"
+                )
             while True:
                 self._wake.clear()
                 result = PassResult(retry=True)
