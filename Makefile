@@ -10,7 +10,7 @@ export VOILE_CACHE
 
 # Debian packages the data path, the tests and the lab need.
 APT_PACKAGES := openvswitch-switch openvswitch-common iproute2 iputils-ping iperf3 tcpdump \
-                ethtool procps psmisc util-linux ca-certificates
+                ethtool procps psmisc util-linux ca-certificates lua5.1
 PYTEST_ARGS ?=
 
 .PHONY: help setup apt venv tools test test-unit test-functional test-e2e lab lab-down \
@@ -81,3 +81,18 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# -- Install artefacts (issue 7): the chart renders manifests/, podman builds the image ----------
+.PHONY: manifests manifests-check image test-image
+
+manifests:            ## re-render manifests/voile.yaml from charts/voile (and crds/)
+	hack/manifests.sh
+
+manifests-check:      ## fail when manifests/ is stale (also checked by tests/e2e/test_install.py)
+	hack/manifests.sh --check
+
+image: venv           ## localhost/voile:<version>: debootstrap base + podman build (installs podman)
+	hack/image/build.sh
+
+test-image: venv      ## slow: build the image, run both commands inside it
+	VOILE_IMAGE_TEST=1 $(PY) -m pytest tests/e2e/test_image.py $(PYTEST_ARGS)
