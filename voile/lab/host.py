@@ -156,6 +156,10 @@ class SimulatedHost:
         self.directory = fabric.directory / name
         self.underlay_interface = "eth0"
         self.address = fabric.underlay.network_address + index
+        # A fixed NIC address, as real hardware has: a host removed and added back keeps it, so
+        # its peers' tunnel neighbour caches (OVS keeps its own, for minutes) stay right.
+        third = fabric.underlay.network_address.packed[2]
+        self.underlay_mac = f"02:76:6f:{third:02x}:00:{index:02x}"
         self.extra_namespaces: list[str] = []
 
     # -- paths ---------------------------------------------------------------------------------
@@ -204,6 +208,8 @@ class SimulatedHost:
                 "peer",
                 "name",
                 self.underlay_interface,
+                "address",
+                self.underlay_mac,
                 "netns",
                 self.namespace,
             )

@@ -191,6 +191,13 @@ def plumb_veth(port: DesiredPort, netns: str, *, tx_off: bool) -> None:
             )
         with _ipr() as outer:
             outer_index = _index(outer, port.name)
+            if index is not None and outer_index is None:
+                # Our inner end, but its outer end is not in this host's namespace: a pair left
+                # from an earlier life of the host (its namespace re-created). Ours to replace.
+                with contextlib.suppress(NetlinkError):
+                    inner.link("del", index=index)
+                log.info("stale inner end replaced endpoint=%s netns=%s", ep.key, netns)
+                index = None
             if index is None:
                 # No inner end: start over from a clean pair (remove a half-made one first).
                 for stale in (port.name, port.peer_name):
@@ -305,6 +312,12 @@ def mtu_of(interface: str) -> int | None:
     with _ipr() as ipr:
         index = _index(ipr, interface)
         return None if index is None else int(_link(ipr, index).get_attr("IFLA_MTU"))
+
+
+def mac_of(interface: str) -> str | None:
+    with _ipr() as ipr:
+        index = _index(ipr, interface)
+        return None if index is None else str(_link(ipr, index).get_attr("IFLA_ADDRESS"))
 
 
 def move_addresses(src: str, dst: str, addresses: Sequence[str], routes: Sequence[str]) -> None:

@@ -105,7 +105,9 @@ class Ovs:
     # -- bridges -------------------------------------------------------------------------------
 
     def bridge(self, name: str) -> dict[str, Any] | None:
-        rows = self._rows("Bridge", ["name", "datapath_type", "fail_mode", "external_ids"], [name])
+        rows = self._rows(
+            "Bridge", ["name", "datapath_type", "fail_mode", "external_ids", "other_config"], [name]
+        )
         return rows[0] if rows else None
 
     def ensure_bridge(
@@ -116,10 +118,11 @@ class Ovs:
         role: PortRole,
         secure: bool,
         extra_ids: Mapping[str, str] | None = None,
+        hwaddr: str | None = None,
     ) -> bool:
-        """The bridge exists with this datapath type, fail mode and tags. Idempotent: returns
-        False (and writes nothing) when it already is so. A bridge of that name that is not ours
-        is refused rather than adopted."""
+        """The bridge exists with this datapath type, fail mode and tags (and, given ``hwaddr``,
+        that MAC). Idempotent: returns False (and writes nothing) when it already is so. A bridge
+        of that name that is not ours is refused rather than adopted."""
         ids = _tags(role, **(extra_ids or {}))
         fail_mode = "secure" if secure else "standalone"
         row = self.bridge(name)
@@ -131,15 +134,21 @@ class Ovs:
                 row["datapath_type"] == datapath.value
                 and _scalar(row["fail_mode"]) == fail_mode
                 and all(have_ids.get(k) == v for k, v in ids.items())
+                and (hwaddr is None or dict(row["other_config"]).get("hwaddr") == hwaddr)
             ):
                 return False
         api = self.api
-        self._commit(
+        commands = [
             api.add_br(name, may_exist=True, datapath_type=datapath.value),
             api.db_set("Bridge", name, ("fail_mode", fail_mode), if_exists=False),
             api.db_set("Bridge", name, ("external_ids", ids), if_exists=False),
             api.db_set("Interface", name, ("external_ids", _tags(role)), if_exists=False),
-        )
+        ]
+        if hwaddr is not None:
+            commands.append(
+                api.db_set("Bridge", name, ("other_config", {"hwaddr": hwaddr}), if_exists=False)
+            )
+        self._commit(*commands)
         log.info("bridge ensured name=%s datapath=%s fail_mode=%s", name, datapath.value, fail_mode)
         return True
 

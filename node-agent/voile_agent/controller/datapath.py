@@ -58,11 +58,14 @@ def ensure_underlay(ovs: Ovs, s: DatapathSettings) -> None:
         routes = netlink.gateway_routes(interface)
         if not addresses:
             raise DatapathError(f"underlay interface {interface} has no IPv4 address to move")
+    # The bridge takes over the host's identity on the wire: its address and its NIC's MAC, so
+    # peers' ARP and OVS tunnel-neighbour caches stay right across agent and host restarts.
     ovs.ensure_bridge(
         s.underlay_bridge,
         DatapathType.NETDEV,
         role=PortRole.UNDERLAY,
         secure=False,
+        hwaddr=netlink.mac_of(interface),
         extra_ids={
             EXT_UNDERLAY_IF: interface,
             EXT_UNDERLAY_ADDRS: ",".join(addresses),
