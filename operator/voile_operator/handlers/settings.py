@@ -1,0 +1,55 @@
+"""kopf settings for Voile: our finalizer, annotation storage under voile.dev, events, workers.
+
+Progress and diff-base go to annotations, not status: status is shared with the node agents by
+server-side apply, and kopf's own status patches would fight over it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from voile.api import constants as c
+
+
+def operator_settings(identity: str) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = c.OPERATOR_FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=c.GROUP, key="last-handled-configuration"
+    )
+    # Events: retries and failures (WARNING) from kopf's logs, plus our explicit Normal events
+    # (Allocated, AgentGone); INFO-level chatter ("Handler succeeded") would double the API load.
+    settings.posting.enabled = True
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "voile-operator"
+    settings.posting.reporting_instance = identity
+    settings.posting.event_name_prefix = "voile-operator-"
+    # One worker per object; bounded well above the acceptance load (300 objects at once).
+    settings.queueing.worker_limit = 1000
+    settings.queueing.idle_timeout = 10.0
+    settings.queueing.error_delays = (1, 1, 2, 3, 5, 8)
+    # Watches: server-side timeout with a client-side margin, reconnect quickly.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.watching.reconnect_backoff = 0.5
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    settings.peering.standalone = True  # leadership is our Lease (see voile_operator.main)
+    settings.peering.clusterwide = True
+    settings.execution.max_workers = 4  # only sync handlers would use threads; ours are async
+    return settings
+
+
+@kopf.on.login(id="voile-login")
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The kubeconfig named by --kubeconfig (main exports it as $KUBECONFIG), else the in-cluster
+    ServiceAccount. Read at login time: kubernetes.config freezes $KUBECONFIG at import."""
+    if os.environ.get("KUBECONFIG"):
+        return kopf.login_with_kubeconfig(**kwargs)
+    return kopf.login_with_service_account(**kwargs)

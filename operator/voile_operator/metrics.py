@@ -1,0 +1,43 @@
+"""Prometheus metrics of the operator (served on --metrics-port by main).
+
+Names follow Prometheus conventions: ``_total`` counters, ``_seconds`` histograms, and the pool
+usage as two gauges (allocated and capacity) so a ratio is one PromQL division.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ALLOCATIONS = Counter(
+    "voile_operator_allocations_total",
+    "Addresses claimed for Endpoints (new claims, not reuses after a restart).",
+    ["network"],
+)
+ALLOCATION_FAILURES = Counter(
+    "voile_operator_allocation_failures_total",
+    "Endpoint reconciles that ended without an address, by condition reason.",
+    ["reason"],
+)
+RELEASES = Counter("voile_operator_releases_total", "Address claims released.", ["network"])
+RECONCILE_SECONDS = Histogram(
+    "voile_operator_reconcile_seconds",
+    "Time of one reconcile, by kind (endpoint, network, release).",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+POOL_ALLOCATED = Gauge(
+    "voile_operator_pool_allocated", "Addresses claimed in a network.", ["network"]
+)
+POOL_CAPACITY = Gauge(
+    "voile_operator_pool_capacity", "Addresses a network can hand out.", ["network"]
+)
+VNI_CONFLICTS = Counter(
+    "voile_operator_vni_conflicts_total", "Reconciles that found the requested VNI taken."
+)
+CLAIMS_COLLECTED = Counter(
+    "voile_operator_claims_collected_total", "Orphaned claims deleted by the collector.", ["kind"]
+)
+COLLECTOR_ROUNDS = Counter(
+    "voile_operator_collector_rounds_total", "Collector rounds, by result.", ["result"]
+)
+LEADER = Gauge("voile_operator_leader", "1 while this replica holds the leader Lease.")
