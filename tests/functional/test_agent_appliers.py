@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from voile.api.model import TargetKind
+from voile.errors import DatapathError, PlumbingError
+from voile.lab.host import Fabric, SimulatedHost, inside_netns, run_id
 from voile_agent.appliers import netlink
 from voile_agent.appliers.openflow import OpenFlow
 from voile_agent.appliers.ovs import Ovs
@@ -27,10 +31,6 @@ from voile_agent.planning.model import (
     LocalEndpoint,
     PortRole,
 )
-
-from voile.api.model import TargetKind
-from voile.errors import DatapathError, PlumbingError
-from voile.lab.host import Fabric, SimulatedHost, inside_netns, run_id
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+
+from voile.api.model import TargetKind
 from voile_agent.planning.flows import (
     COOKIE_PREFIX,
     TABLE_ARP,
@@ -20,8 +22,6 @@ from voile_agent.planning.flows import (
     plan_flows,
 )
 from voile_agent.planning.model import LocalEndpoint, RemoteEndpoint
-
-from voile.api.model import TargetKind
 
 TUN = 1
 

@@ -7,6 +7,9 @@ import ipaddress
 from typing import Any
 
 import pytest
+
+from voile.api import constants as c
+from voile.api.model import TargetKind
 from voile_agent.planning import naming, state
 from voile_agent.planning.model import (
     OWNER_KEY,
@@ -15,9 +18,6 @@ from voile_agent.planning.model import (
     ObservedPort,
     PortKind,
 )
-
-from voile.api import constants as c
-from voile.api.model import TargetKind
 
 NET = NetworkInfo(
     name="blue",

@@ -6,11 +6,11 @@ import datetime
 import ipaddress
 
 import pytest
-from voile_operator.planning import agents, collector, lease, status
-from voile_operator.planning.conditions import render_conditions, true
 
 from voile.api import constants as c
 from voile.api.model import parse_network_spec
+from voile_operator.planning import agents, collector, lease, status
+from voile_operator.planning.conditions import render_conditions, true
 
 T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 SEC = datetime.timedelta(seconds=1)

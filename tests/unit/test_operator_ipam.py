@@ -9,10 +9,10 @@ import ipaddress
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from voile_operator.planning import ipam, vni
 
 from voile.api import constants as c
 from voile.api.model import parse_network_spec
+from voile_operator.planning import ipam, vni
 
 IP = ipaddress.IPv4Address
 
