@@ -16,10 +16,12 @@ would on real hosts. ``down`` removes all of it: processes, namespaces, links an
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -497,9 +499,11 @@ class Lab:
     def down(self) -> None:
         """Remove everything the lab created. Idempotent; also cleans up a half-started lab."""
         state = self._state()
-        for key, pid in sorted(state["pids"].items(), key=lambda kv: kv[0] != "operator"):
-            _say(f"stopping {key}")
-            _terminate(pid, signal.SIGTERM)
+        pids = state["pids"]
+        if pids:
+            _say(f"stopping {', '.join(sorted(pids))}")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda pid: _terminate(pid, signal.SIGTERM), pids.values()))
         for info in state["containers"].values():
             del_netns(info["netns"])
         for path in Path("/run/netns").glob(self.container_prefix + "*"):
@@ -510,12 +514,16 @@ class Lab:
                 self.host(int(name.split("-")[1]))
         _say("removing hosts, underlay and control plane")
         sh("ip", "link", "del", self.root_leg, check=False)
-        self.plane.stop()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            # Each stop waits for its daemons to exit; the waits overlap.
+            stops = [pool.submit(self.plane.stop)]
+            stops += [pool.submit(host.stop) for host in self._hosts.values()]
+            for stop in stops:
+                with contextlib.suppress(Exception):  # fabric.stop below retries and reports
+                    stop.result()
         self.fabric.stop()
         for path in Path("/run/netns").glob(f"voile-{self.run_id}-host-*"):
             del_netns(path.name)
-        import shutil
-
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
