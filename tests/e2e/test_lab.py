@@ -153,6 +153,9 @@ def test_voile_lab_cli_attach_exec_status(lab: Lab) -> None:
                     check=False,
                 )
                 assert proc.returncode == 0, f"{src} -> {dst}: {proc.stdout}{proc.stderr}"
+                # Not even the first packet is lost: every peer knew the new endpoint (its VTEP
+                # is announced before it is plumbed) and resolved the remote VTEP ahead of time.
+                assert " 0% packet loss" in proc.stdout, f"{src} -> {dst}: {proc.stdout}"
     status = subprocess.run(
         [venv_bin("voile"), "lab", "status"],
         env=env,

@@ -20,6 +20,8 @@ import errno
 import ipaddress
 import logging
 import os
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -341,3 +343,35 @@ def move_addresses(src: str, dst: str, addresses: Sequence[str], routes: Sequenc
                 ipr.route("replace", dst=dst_net, gateway=gw, oif=dst_index)
         if src_index is not None:
             ipr.link("set", index=src_index, state="up")
+
+
+def _icmp_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return int(~total & 0xFFFF)
+
+
+def probe_neighbours(addresses: Sequence[object]) -> None:
+    """Send one ICMP echo request to each address from this namespace, without waiting.
+
+    The kernel resolves the next hop (ARP) to send it, and Open vSwitch's userspace datapath
+    learns the answer into its tunnel neighbour cache as the reply crosses the underlay bridge,
+    so the first tunnelled packet towards a new VTEP is not dropped on a cache miss. Safe to
+    repeat; send errors are ignored (the next pass tries again)."""
+    payload = b"voile-neighbour-probe"
+    ident = os.getpid() & 0xFFFF
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
+    packet = struct.pack("!BBHHH", 8, 0, _icmp_checksum(header + payload), ident, 1) + payload
+    try:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    except OSError as exc:
+        log.debug("neighbour probe unavailable error=%s", exc)
+        return
+    with sock:
+        sock.setblocking(False)
+        for address in addresses:
+            with contextlib.suppress(OSError):
+                sock.sendto(packet, (str(address), 0))

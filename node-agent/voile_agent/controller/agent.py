@@ -267,6 +267,7 @@ class Agent:
                 conditions.append((obj, state.ready(local.reason, local.message)))
                 continue
             port = wanted[-1]
+            await self._announce(obj, vtep)
             try:
                 await self._plumb(port)
             except PlumbingError as exc:
@@ -315,16 +316,21 @@ class Agent:
                     ),
                 )
             )
+        remotes = self._remotes(networks)
         desired = flowplan.plan_flows(
             tunnel_ofport=ofports.get(d.tunnel_port),
             local=plumbed,
-            remote=self._remotes(networks),
+            remote=remotes,
         )
         diff = flowplan.diff_flows(desired, await self.openflow.cookies())
         if not complete:
             diff = flowplan.FlowDiff(add=diff.add, delete=())
             result.retry = True
         await self.openflow.apply(diff)
+        if d.datapath_type == DatapathType.NETDEV and remotes:
+            # The userspace datapath resolves a tunnel's next hop itself and drops the packet
+            # that misses its neighbour cache: resolve every remote VTEP ahead of traffic.
+            await asyncio.to_thread(netlink.probe_neighbours, sorted({r.vtep for r in remotes}))
         result.flows_added, result.flows_deleted = len(diff.add), len(diff.delete)
         result.plumbed = len(plumbed)
 
@@ -367,6 +373,18 @@ class Agent:
                 result.retry = True
         log.debug("pass done %s", result)
         return result
+
+    async def _announce(self, obj: Obj, vtep: str) -> None:
+        """Publish the VTEP of an allocated endpoint before plumbing it (Ready stays False until
+        it is plumbed): the other hosts program their flows towards it while this one plumbs,
+        so its first packets find the way back. Written once; a failure is retried next pass."""
+        if (obj.get("status") or {}).get("vtep") == vtep:
+            return
+        pending = state.ready(c.Reason.PENDING.value, f"being plumbed on {self.s.node}")
+        try:
+            await self.writer.write_status(obj, vtep=vtep, cond=pending)
+        except kube.ApiError as exc:
+            log.info("vtep not announced yet error=%s", exc)
 
     def _obj(self, ep: LocalEndpoint) -> Obj:
         for obj in self.local.items():
