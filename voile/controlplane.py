@@ -11,14 +11,12 @@ deletion, Pods. Nothing here waits for those.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -34,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from voile.errors import ControlPlaneError
+from voile.processes import alive, terminate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HACK_DIR = REPO_ROOT / "hack" / "controlplane"
@@ -136,7 +135,7 @@ class ControlPlane:
     def running(self) -> Endpoints | None:
         """The endpoints of this directory's control plane when both live and it is ready."""
         state = self._read_state()
-        if state is None or not (_alive(state.etcd_pid) and _alive(state.apiserver_pid)):
+        if state is None or not (alive(state.etcd_pid) and alive(state.apiserver_pid)):
             return None
         try:
             if self._get(state.server + "/readyz", timeout=5) == "ok":
@@ -277,7 +276,7 @@ class ControlPlane:
         state = self._read_state()
         if state is not None:
             for pid in (state.apiserver_pid, state.etcd_pid):
-                _terminate(pid)
+                terminate(pid)
         if self.directory.exists():
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -420,40 +419,6 @@ def _spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives `voile controlplane up`; not hit by the shell's ^C
         )
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours is not alive.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
-
-
-def _terminate(pid: int, grace: float = 10.0) -> None:
-    if not _alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.1)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

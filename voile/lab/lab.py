@@ -25,7 +25,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from voile.controlplane import ControlPlane, default_state_dir
 from voile.crds import install_crds
 from voile.errors import LabError
 from voile.lab.host import Fabric, SimulatedHost, add_netns, del_netns, netns_exists, sh
+from voile.processes import alive, terminate
 
 RUN_ID = "lab"
 ATTACH_NAMESPACE = "default"
@@ -255,7 +255,7 @@ class Lab:
         self, state: dict[str, Any], key: str, argv: Sequence[str], log: Path
     ) -> int:
         pid = state["pids"].get(key)
-        if pid and _alive(pid):
+        if pid and alive(pid):
             return int(pid)
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
@@ -276,7 +276,7 @@ class Lab:
         state = self._state()
         pid = state["pids"].get(key)
         if pid:
-            _terminate(pid, sig)
+            terminate(pid, sig, group=True)
         if key == "operator":
             argv, log = self._operator_argv(), self.directory / "operator.log"
         else:
@@ -289,7 +289,7 @@ class Lab:
         state = self._state()
         pid = state["pids"].pop(key, None)
         if pid:
-            _terminate(pid, sig)
+            terminate(pid, sig, group=True)
         self._save(state)
 
     async def _wait_agents(self, names: Sequence[str], *, timeout: float) -> None:
@@ -444,17 +444,17 @@ class Lab:
         for name in state["hosts"]:
             index = int(name.split("-")[1])
             pid = state["pids"].get(f"agent/{name}")
-            alive = bool(pid and _alive(pid))
+            running = bool(pid and alive(pid))
             lease = by_lease.get(c.AGENT_LEASE_PREFIX + name) or {}
             vtep = ((lease.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_VTEP)
             age = _lease_age(lease)
             fresh = age is not None and age < 60
-            ok &= alive and fresh
+            ok &= running and fresh
             rows.append(
                 (
                     name,
                     str(self.underlay.network_address + index),
-                    "running" if alive else "DOWN",
+                    "running" if running else "DOWN",
                     vtep or "-",
                     f"{age:.0f}s ago" if age is not None else "none",
                 )
@@ -503,7 +503,7 @@ class Lab:
         if pids:
             _say(f"stopping {', '.join(sorted(pids))}")
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda pid: _terminate(pid, signal.SIGTERM), pids.values()))
+            list(pool.map(lambda pid: terminate(pid, group=True), pids.values()))
         for info in state["containers"].values():
             del_netns(info["netns"])
         for path in Path("/run/netns").glob(self.container_prefix + "*"):
@@ -549,33 +549,3 @@ def _lease_age(lease: dict[str, Any]) -> float | None:
         return None
     when = datetime.datetime.fromisoformat(renew.replace("Z", "+00:00"))
     return (datetime.datetime.now(datetime.UTC) - when).total_seconds()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _terminate(pid: int, sig: int, grace: float = 10.0) -> None:
-    """Signal the process group (the agent runs under `ip netns exec`), then SIGKILL if needed."""
-    for s in (sig, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, s)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
-        if not _alive(pid):
-            return
