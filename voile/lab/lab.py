@@ -525,6 +525,9 @@ class Lab:
         for path in Path("/run/netns").glob(f"voile-{self.run_id}-host-*"):
             del_netns(path.name)
         shutil.rmtree(self.directory, ignore_errors=True)
+        if self.directory == lab_dir().resolve() and "VOILE_LAB_DIR" not in os.environ:
+            with contextlib.suppress(OSError):  # /tmp/voile-<uid>, when nothing else is in it
+                self.directory.parent.rmdir()
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:
