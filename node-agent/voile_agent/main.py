@@ -15,6 +15,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import prometheus_client
+
 from voile import kube
 from voile.api import constants as c
 from voile.errors import VoileError
@@ -92,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=int(_env("metrics-port") or 0),
-        help="0 = off (metrics are not served yet)",
+        help="Prometheus metrics port (0 = off)",
     )
     run.add_argument(
         "--heartbeat-interval", type=float, default=float(_env("heartbeat-interval") or 10)
@@ -160,6 +162,9 @@ async def _run(args: argparse.Namespace) -> int:
     )
     if not settings.vtep_ip and not settings.vtep_interface:
         raise VoileError("give --vtep-ip or --vtep-interface")
+    if args.metrics_port:
+        prometheus_client.start_http_server(args.metrics_port)
+        log.info("metrics served port=%s", args.metrics_port)
     client = kube.KubeClient.from_config(args.kubeconfig, field_manager=FIELD_MANAGER)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()

@@ -36,6 +36,7 @@ from voile.crds import install_crds
 from voile.lab.host import Fabric, LoopbackForwarder, SimulatedHost, run_id
 
 AGENT = str(Path(sys.executable).with_name("voile-agent"))
+AGENT_METRICS_PORT = 9464  # each agent listens inside its own host namespace
 TEST_NAMESPACE = "voile-functional"
 
 
@@ -272,6 +273,8 @@ class AgentProcess:
             str(self.resync),
             "--heartbeat-interval",
             "2",
+            "--metrics-port",
+            str(AGENT_METRICS_PORT),
             "--log-level",
             "debug",
         ]

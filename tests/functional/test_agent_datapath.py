@@ -9,12 +9,13 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 from voile import kube
 from voile.api import constants as c
 
-from .conftest import Lab, Operator, in_ns, spawn
+from .conftest import AGENT_METRICS_PORT, Lab, Operator, in_ns, spawn
 
 CIDR = "198.19.10.0/24"
 
@@ -111,6 +112,17 @@ async def test_cross_host_ping_tcp_and_mtu(lab: tuple[Lab, Operator]) -> None:
     finally:
         server.kill()
         server.wait(5)
+
+    # The agent's metrics, scraped inside host 1's namespace: one endpoint plumbed, flows added.
+    scrape = (
+        "import urllib.request; print(urllib.request.urlopen("
+        f"'http://127.0.0.1:{AGENT_METRICS_PORT}/metrics', timeout=5).read().decode())"
+    )
+    text = h1.exec(sys.executable, "-c", scrape).stdout
+    assert re.search(r"^voile_agent_endpoints_plumbed 1\.0$", text, re.M), text[-2000:]
+    added = re.search(r'^voile_agent_flows_changed_total\{op="add"\} (\d+)', text, re.M)
+    assert added and int(added.group(1)) > 0
+    assert re.search(r"^voile_agent_reconcile_seconds_count [1-9]", text, re.M)
 
     # The packets really crossed the tunnel with this VNI: host 2's tunnel rule counted them.
     tunnel_ofport = h2.vsctl("get", "interface", "vxlan-voile", "ofport").strip()

@@ -18,11 +18,13 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
+import time
 from typing import Any
 
 from voile import kube
 from voile.api import constants as c
 from voile.errors import DatapathError, PlumbingError
+from voile_agent import metrics
 from voile_agent.appliers import netlink
 from voile_agent.appliers.kube import KubeWriter
 from voile_agent.appliers.openflow import OpenFlow
@@ -72,6 +74,14 @@ class PassResult:
     flows_deleted: int = 0
     ports_deleted: int = 0
     retry: bool = False
+
+
+def _record(result: PassResult) -> None:
+    metrics.ENDPOINTS_PLUMBED.set(result.plumbed)
+    metrics.ENDPOINTS_FAILED.set(result.failed)
+    metrics.FLOWS_CHANGED.labels(op="add").inc(result.flows_added)
+    metrics.FLOWS_CHANGED.labels(op="delete").inc(result.flows_deleted)
+    metrics.PORTS_DELETED.inc(result.ports_deleted)
 
 
 class Agent:
@@ -141,10 +151,15 @@ class Agent:
             while True:
                 self._wake.clear()
                 result = PassResult(retry=True)
+                started = time.monotonic()
                 try:
                     result = await self.reconcile()
                 except Exception:
+                    metrics.PASS_ERRORS.inc()
                     log.exception("reconcile pass failed; retrying")
+                else:
+                    _record(result)
+                metrics.PASS_SECONDS.observe(time.monotonic() - started)
                 delay = RETRY_SECONDS if result.retry else self.s.resync_period
                 try:
                     await asyncio.wait_for(self._wake.wait(), delay)
@@ -166,6 +181,7 @@ class Agent:
                     duration=self.s.lease_duration,
                 )
             except Exception as exc:
+                metrics.HEARTBEAT_FAILURES.inc()
                 log.warning("heartbeat failed error=%s", exc)
             await asyncio.sleep(self.s.heartbeat_interval)
 
