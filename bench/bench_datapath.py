@@ -33,7 +33,6 @@ from voile.controlplane import ControlPlane
 from voile.crds import install_crds
 from voile.lab.host import Fabric, LoopbackForwarder, SimulatedHost, run_id, sh
 
-AGENT = str(Path(sys.executable).with_name("voile-agent"))
 NS = "voile-bench"
 
 
@@ -157,28 +156,7 @@ async def voile_setup(kubeconfig: Path, rid: str, hosts: list[SimulatedHost]) ->
 def start_agent(host: SimulatedHost, kubeconfig: Path, node: str) -> subprocess.Popen[bytes]:
     log = (host.directory / "agent.log").open("w")
     return subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            host.namespace,
-            AGENT,
-            "run",
-            "--node",
-            node,
-            "--vtep-interface",
-            "eth0",
-            "--underlay-interface",
-            "eth0",
-            "--datapath-type",
-            "netdev",
-            "--ovsdb",
-            host.ovsdb,
-            "--ovs-rundir",
-            str(host.directory),
-            "--kubeconfig",
-            str(kubeconfig),
-        ],
+        host.agent_command(node, kubeconfig),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -247,37 +247,14 @@ class AgentProcess:
         self.starts = 0
 
     def argv(self) -> list[str]:
-        h = self.host
-        return [
-            "ip",
-            "netns",
-            "exec",
-            h.namespace,
-            AGENT,
-            "run",
-            "--node",
+        return self.host.agent_command(
             self.node,
-            "--vtep-interface",
-            h.underlay_interface,
-            "--underlay-interface",
-            h.underlay_interface,
-            "--datapath-type",
-            "netdev",
-            "--ovsdb",
-            h.ovsdb,
-            "--ovs-rundir",
-            str(h.directory),
-            "--kubeconfig",
-            str(self.kubeconfig),
-            "--resync-period",
-            str(self.resync),
-            "--heartbeat-interval",
-            "2",
-            "--metrics-port",
-            str(AGENT_METRICS_PORT),
-            "--log-level",
-            "debug",
-        ]
+            self.kubeconfig,
+            "--resync-period", str(self.resync),
+            "--heartbeat-interval", "2",
+            "--metrics-port", str(AGENT_METRICS_PORT),
+            "--log-level", "debug",
+        )  # fmt: skip
 
     def start(self) -> AgentProcess:
         self.starts += 1

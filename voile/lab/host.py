@@ -13,7 +13,6 @@ namespaces created here.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import os
 import secrets
@@ -21,12 +20,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from voile.errors import LabError
+from voile.netns import inside_netns
 
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
@@ -295,6 +296,25 @@ class SimulatedHost:
             "ip", "netns", "exec", self.namespace, *cmd, check=check, timeout=timeout, env=self.env
         )
 
+    def agent_command(self, node: str, kubeconfig: Path | str, *extra: str) -> list[str]:
+        """``voile-agent run`` for this host, as it runs here: inside the host's namespace, on
+        this host's Open vSwitch, with the netdev datapath taking over the underlay ``eth0``
+        (the VTEP is read from it). The one place the lab, the tests and the benchmarks take
+        the agent's command line from."""
+        agent = Path(sys.executable).with_name("voile-agent")
+        return [
+            "ip", "netns", "exec", self.namespace,
+            str(agent) if agent.exists() else "voile-agent", "run",
+            "--node", node,
+            "--vtep-interface", self.underlay_interface,
+            "--underlay-interface", self.underlay_interface,
+            "--datapath-type", "netdev",
+            "--ovsdb", self.ovsdb,
+            "--ovs-rundir", str(self.directory),
+            "--kubeconfig", str(kubeconfig),
+            *extra,
+        ]  # fmt: skip
+
     def popen(self, *cmd: str, **kwargs: object) -> subprocess.Popen[str]:
         return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
             ["ip", "netns", "exec", self.namespace, *cmd], env=self.env, text=True, **kwargs
@@ -334,35 +354,6 @@ class SimulatedHost:
         return str(NETNS_DIR / name)
 
 
-_CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@contextlib.contextmanager
-def inside_netns(path: str) -> Iterator[None]:
-    """Run the calling thread (only it: setns is per thread) inside a namespace, then come back.
-    Sockets and child processes made meanwhile belong to that namespace."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(path, os.O_RDONLY)
-        try:
-            _setns(target)
-            try:
-                yield
-            finally:
-                _setns(own)
-        finally:
-            os.close(target)
-    finally:
-        os.close(own)
-
-
 class LoopbackForwarder:
     """Listen on 127.0.0.1:<port> inside a namespace and relay each connection to 127.0.0.1:<port>
     of the caller's namespace: agents in simulated hosts reach a control plane on the machine's
@@ -384,18 +375,11 @@ class LoopbackForwarder:
 
         def serve() -> None:
             try:
-                own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-                target = os.open(self.netns_path, os.O_RDONLY)
-                try:
-                    _setns(target)
+                with inside_netns(self.netns_path):
                     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     listener.bind(("127.0.0.1", self.port))
                     listener.listen(64)
-                    _setns(own)
-                finally:
-                    os.close(own)
-                    os.close(target)
                 self._listener = listener
                 ready.append(None)
             except BaseException as exc:

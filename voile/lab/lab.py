@@ -224,32 +224,12 @@ class Lab:
         ]
 
     def _agent_argv(self, host: SimulatedHost) -> list[str]:
-        return [
-            "ip",
-            "netns",
-            "exec",
-            host.namespace,
-            _bin("voile-agent"),
-            "run",
-            "--node",
+        return host.agent_command(
             host.name,
-            "--vtep-ip",
-            str(host.address),
-            "--underlay-interface",
-            host.underlay_interface,
-            "--datapath-type",
-            "netdev",
-            "--ovsdb",
-            host.ovsdb,
-            "--ovs-rundir",
-            str(host.directory),
-            "--kubeconfig",
-            str(self.kubeconfig),
-            "--namespace",
-            c.DEFAULT_NAMESPACE,
-            "--resync-period",
-            "30",
-        ]
+            self.kubeconfig,
+            "--namespace", c.DEFAULT_NAMESPACE,
+            "--resync-period", "30",
+        )  # fmt: skip
 
     def _ensure_process(
         self, state: dict[str, Any], key: str, argv: Sequence[str], log: Path

@@ -15,7 +15,6 @@ and TCP then fails while ping works.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import ipaddress
 import logging
@@ -32,6 +31,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from voile.api import constants as c
 from voile.errors import DatapathError, PlumbingError
+from voile.netns import inside_netns
 from voile_agent.planning.model import IFALIAS_PREFIX, DesiredPort
 from voile_agent.planning.state import netns_allowed
 
@@ -72,16 +72,6 @@ def check_netns(path: str, allowed_dirs: Sequence[str]) -> str:
     return resolved
 
 
-_CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 def _ipr_in(netns: str) -> Any:
     """An IPRoute whose netlink socket lives in ``netns``.
 
@@ -89,21 +79,8 @@ def _ipr_in(netns: str) -> Any:
     inherits asyncio's signal wake-up fd, so its exit looks like a SIGTERM to the agent's loop.
     Instead this thread enters the namespace, opens the socket, and comes back (setns is per
     thread; the socket keeps its namespace)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(netns, os.O_RDONLY)
-    except OSError:
-        os.close(own)
-        raise
-    try:
-        _setns(target)
-        try:
-            return IPRoute()
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
-        os.close(target)
+    with inside_netns(netns):
+        return IPRoute()
 
 
 @contextlib.contextmanager
