@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from voile.api.model import TargetKind
 from voile.errors import DatapathError, PlumbingError
 from voile.lab.host import Fabric, SimulatedHost, inside_netns, run_id
 from voile_agent.appliers import netlink
+from voile_agent.appliers.appctl import AppCtl
 from voile_agent.appliers.openflow import OpenFlow
 from voile_agent.appliers.ovs import Ovs
 from voile_agent.controller import datapath
@@ -29,6 +31,7 @@ from voile_agent.planning.model import (
     DatapathType,
     DesiredPort,
     LocalEndpoint,
+    NextHop,
     PortRole,
 )
 
@@ -179,8 +182,13 @@ def test_namespace_policy(path: str, reason: str) -> None:
 def test_underlay_move_is_idempotent_and_undone(host: SimulatedHost) -> None:
     ovs = Ovs(host.ovsdb)
     s = settings(host)
+    keys = ["rp_filter", "arp_ignore"]
     with inside_netns(host.netns_path):
+        before = netlink.ipv4_conf("eth0", keys)
+        assert before != {"rp_filter": "1", "arp_ignore": "8"}
         datapath.ensure_underlay(ovs, s)
+        # The kernel drops its copy of what the NIC receives: OVS owns the NIC now.
+        assert netlink.ipv4_conf("eth0", keys) == {"rp_filter": "1", "arp_ignore": "8"}
         datapath.ensure_underlay(ovs, s)
         vtep = datapath.resolve_vtep(ovs, s, vtep_ip=None, vtep_interface="eth0")
     assert vtep == host.address
@@ -189,6 +197,7 @@ def test_underlay_move_is_idempotent_and_undone(host: SimulatedHost) -> None:
     with inside_netns(host.netns_path):
         assert datapath.undo_underlay(ovs, s)
         assert not datapath.undo_underlay(ovs, s)
+        assert netlink.ipv4_conf("eth0", keys) == before
     assert f"{host.address}/24" in host.exec("ip", "-o", "addr", "show", "eth0").stdout
     assert "br-underlay" not in host.vsctl("list-br")
 
@@ -219,3 +228,51 @@ def test_flow_diffs_apply_atomically_and_converge(host: SimulatedHost) -> None:
 
     asyncio.run(scenario())
     assert "table=5" in host.ofctl("dump-flows", "br-voile")  # not ours: kept
+
+
+def test_tunnel_next_hop_is_learned_even_when_the_kernel_already_knows_it(tmp_path: Path) -> None:
+    """The netdev datapath drops a tunnelled packet whose next hop is not in its own neighbour
+    cache. The agent's ARP request fills it, also when the kernel already has the peer (learned
+    from the peer's own ARP request), where a kernel ping would send no ARP at all."""
+    fabric = Fabric(tmp_path / "fabric", run_id())
+    try:
+        h1, h2 = fabric.host(1).start(), fabric.host(2).start()
+        # Open vSwitch snoops tunnel next hops only once a bridge has a (native) tunnel port.
+        with inside_netns(h1.netns_path):
+            datapath.ensure_underlay(Ovs(h1.ovsdb), settings(h1))
+            datapath.ensure_integration(Ovs(h1.ovsdb), settings(h1), h1.address)
+        pinged = h2.exec("ping", "-c", "3", "-i", "0.2", "-W", "2", str(h1.address))
+        assert pinged.returncode == 0
+        assert "DUP" not in pinged.stdout  # the kernel answers once, through the bridge only
+        assert h2.underlay_mac in h1.exec("ip", "neigh", "show", str(h2.address)).stdout
+        # As after the entry expired: no cache entry, and no datapath flow that would carry the
+        # reply past the snooping slow path.
+        h1.appctl("tnl/neigh/flush")
+        h1.appctl("revalidator/purge")
+        appctl = AppCtl(str(h1.directory))
+        cache = asyncio.run(appctl.tunnel_neighbours())
+        assert ("br-underlay", h2.address) not in cache
+
+        with inside_netns(h1.netns_path):
+            hops = netlink.next_hops([h2.address, h1.address, ipaddress.IPv4Address("198.19.9.9")])
+        # Our own address and an address without a route have nothing to resolve.
+        assert hops == [
+            NextHop(
+                vtep=h2.address,
+                address=h2.address,
+                interface="br-underlay",
+                source=h1.address,
+                mac=h1.underlay_mac,
+            )
+        ]
+        assert state.unresolved_next_hops(hops, cache) == hops
+        with inside_netns(h1.netns_path):
+            netlink.send_arp_requests(hops)
+        deadline = time.monotonic() + 5
+        while ("br-underlay", h2.address) not in cache and time.monotonic() < deadline:
+            time.sleep(0.05)
+            cache = asyncio.run(appctl.tunnel_neighbours())
+        assert cache.get(("br-underlay", h2.address)) == h2.underlay_mac
+        assert state.unresolved_next_hops(hops, cache) == []
+    finally:
+        fabric.stop()

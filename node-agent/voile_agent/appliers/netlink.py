@@ -23,7 +23,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -32,7 +32,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from voile.api import constants as c
 from voile.errors import DatapathError, PlumbingError
 from voile.netns import inside_netns
-from voile_agent.planning.model import IFALIAS_PREFIX, DesiredPort
+from voile_agent.planning.model import IFALIAS_PREFIX, DesiredPort, NextHop
 from voile_agent.planning.state import netns_allowed
 
 log = logging.getLogger(__name__)
@@ -299,6 +299,33 @@ def mac_of(interface: str) -> str | None:
         return None if index is None else str(_link(ipr, index).get_attr("IFLA_ADDRESS"))
 
 
+def _conf_path(interface: str, key: str) -> str:
+    if "/" in interface or interface in {".", ".."} or "/" in key:
+        raise DatapathError(f"invalid interface or setting {interface!r} {key!r}")
+    return f"/proc/sys/net/ipv4/conf/{interface}/{key}"
+
+
+def ipv4_conf(interface: str, keys: Sequence[str]) -> dict[str, str]:
+    """The interface's ``net.ipv4.conf.<interface>.<key>`` values in this namespace."""
+    values = {}
+    for key in keys:
+        with open(_conf_path(interface, key), encoding="ascii") as f:
+            values[key] = f.read().strip()
+    return values
+
+
+def set_ipv4_conf(interface: str, values: Mapping[str, str]) -> bool:
+    """Set ``net.ipv4.conf.<interface>.<key>`` values. Idempotent: writes only what differs and
+    returns whether it wrote anything."""
+    changed = False
+    for key, value in ipv4_conf(interface, list(values)).items():
+        if value != values[key]:
+            with open(_conf_path(interface, key), "w", encoding="ascii") as f:
+                f.write(values[key])
+            changed = True
+    return changed
+
+
 def move_addresses(src: str, dst: str, addresses: Sequence[str], routes: Sequence[str]) -> None:
     """Put ``addresses`` and ``routes`` on ``dst`` (up) and take the addresses off ``src``.
     Idempotent: whatever is already where it belongs stays."""
@@ -322,33 +349,70 @@ def move_addresses(src: str, dst: str, addresses: Sequence[str], routes: Sequenc
             ipr.link("set", index=src_index, state="up")
 
 
-def _icmp_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return int(~total & 0xFFFF)
+def next_hops(vteps: Sequence[ipaddress.IPv4Address]) -> list[NextHop]:
+    """The next hop of each VTEP as this host's routing table has it (``ip route get``).
+
+    A VTEP without a route, or one of this host's own addresses, is left out: there is nothing
+    to resolve for it (the tunnel port reports the former itself)."""
+    hops: list[NextHop] = []
+    with _ipr() as ipr:
+        for vtep in vteps:
+            try:
+                route = ipr.route("get", dst=str(vtep))[0]
+            except (NetlinkError, IndexError):
+                continue
+            if route["type"] != _RTN_UNICAST:
+                continue
+            oif, source = route.get_attr("RTA_OIF"), route.get_attr("RTA_PREFSRC")
+            if oif is None or source is None:
+                continue
+            link = _link(ipr, oif)
+            gateway = route.get_attr("RTA_GATEWAY")
+            hops.append(
+                NextHop(
+                    vtep=vtep,
+                    address=ipaddress.IPv4Address(gateway or str(vtep)),
+                    interface=str(link.get_attr("IFLA_IFNAME")),
+                    source=ipaddress.IPv4Address(source),
+                    mac=str(link.get_attr("IFLA_ADDRESS")),
+                )
+            )
+    return hops
 
 
-def probe_neighbours(addresses: Sequence[object]) -> None:
-    """Send one ICMP echo request to each address from this namespace, without waiting.
+_RTN_UNICAST = 1
+_BROADCAST = b"\xff" * 6
 
-    The kernel resolves the next hop (ARP) to send it, and Open vSwitch's userspace datapath
-    learns the answer into its tunnel neighbour cache as the reply crosses the underlay bridge,
-    so the first tunnelled packet towards a new VTEP is not dropped on a cache miss. Safe to
-    repeat; send errors are ignored (the next pass tries again)."""
-    payload = b"voile-neighbour-probe"
-    ident = os.getpid() & 0xFFFF
-    header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
-    packet = struct.pack("!BBHHH", 8, 0, _icmp_checksum(header + payload), ident, 1) + payload
-    try:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    except OSError as exc:
-        log.debug("neighbour probe unavailable error=%s", exc)
-        return
-    with sock:
-        sock.setblocking(False)
-        for address in addresses:
-            with contextlib.suppress(OSError):
-                sock.sendto(packet, (str(address), 0))
+
+def arp_request(hop: NextHop) -> bytes:
+    """The broadcast ARP request (RFC 826) the kernel would send for ``hop``, padded to the
+    Ethernet minimum."""
+    mac = bytes.fromhex(hop.mac.replace(":", ""))
+    frame = (
+        _BROADCAST
+        + mac
+        + struct.pack("!HHHBBH", 0x0806, 1, 0x0800, 6, 4, 1)
+        + mac
+        + hop.source.packed
+        + b"\0" * 6
+        + hop.address.packed
+    )
+    return frame.ljust(60, b"\0")
+
+
+def send_arp_requests(hops: Sequence[NextHop]) -> None:
+    """Send one ARP request for each next hop out of its interface, without waiting.
+
+    Why not let the kernel resolve it (e.g. by sending the VTEP a ping): the kernel sends no
+    request when its own neighbour table already has the address, which happens as soon as the
+    peer has ARPed for us, and then Open vSwitch never sees a reply to learn from. A request of
+    our own always gets a reply, which crosses the underlay bridge, where the userspace datapath
+    learns it into its tunnel neighbour cache. Safe to repeat; send errors are ignored (the
+    caller sees the cache and tries again)."""
+    for hop in hops:
+        try:
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+                sock.bind((hop.interface, 0))
+                sock.send(arp_request(hop))
+        except OSError as exc:
+            log.debug("ARP request not sent hop=%s error=%s", hop, exc)

@@ -24,6 +24,7 @@ from voile.errors import DatapathError
 from voile_agent.planning.model import (
     EXT_ROLE,
     EXT_UNDERLAY_ADDRS,
+    EXT_UNDERLAY_CONF,
     EXT_UNDERLAY_IF,
     EXT_UNDERLAY_ROUTES,
     OWNER_KEY,
@@ -312,4 +313,4 @@ class Ovs:
             time.sleep(0.05)
 
 
-UNDERLAY_KEYS = (EXT_UNDERLAY_IF, EXT_UNDERLAY_ADDRS, EXT_UNDERLAY_ROUTES)
+UNDERLAY_KEYS = (EXT_UNDERLAY_IF, EXT_UNDERLAY_ADDRS, EXT_UNDERLAY_ROUTES, EXT_UNDERLAY_CONF)

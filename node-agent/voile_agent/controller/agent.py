@@ -26,6 +26,7 @@ from voile.api import constants as c
 from voile.errors import DatapathError, PlumbingError
 from voile_agent import metrics
 from voile_agent.appliers import netlink
+from voile_agent.appliers.appctl import AppCtl
 from voile_agent.appliers.kube import KubeWriter
 from voile_agent.appliers.openflow import OpenFlow
 from voile_agent.appliers.ovs import Ovs
@@ -91,6 +92,8 @@ class Agent:
         self.writer = KubeWriter(client)
         self.ovs = ovs
         self.openflow = OpenFlow(settings.datapath.bridge, settings.datapath.ovs_rundir)
+        self.appctl = AppCtl(settings.datapath.ovs_rundir)
+        self._unanswered: set[tuple[str, ipaddress.IPv4Address]] = set()
         self.vtep: ipaddress.IPv4Address | None = None
         self._wake = asyncio.Event()
         ep_path = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS)
@@ -344,9 +347,12 @@ class Agent:
             result.retry = True
         await self.openflow.apply(diff)
         if d.datapath_type == DatapathType.NETDEV and remotes:
-            # The userspace datapath resolves a tunnel's next hop itself and drops the packet
-            # that misses its neighbour cache: resolve every remote VTEP ahead of traffic.
-            await asyncio.to_thread(netlink.probe_neighbours, sorted({r.vtep for r in remotes}))
+            try:
+                resolved = await self._resolve_tunnel_neighbours({r.vtep for r in remotes})
+            except (DatapathError, OSError) as exc:
+                log.warning("tunnel neighbour cache not read error=%s", exc)
+                resolved = False
+            result.retry = result.retry or not resolved
         result.flows_added, result.flows_deleted = len(diff.add), len(diff.delete)
         result.plumbed = len(plumbed)
 
@@ -389,6 +395,37 @@ class Agent:
                 result.retry = True
         log.debug("pass done %s", result)
         return result
+
+    async def _resolve_tunnel_neighbours(
+        self, vteps: set[ipaddress.IPv4Address], *, timeout: float = 1.0
+    ) -> bool:
+        """netdev datapath: have every remote VTEP's next hop in Open vSwitch's tunnel neighbour
+        cache before local endpoints are reported Ready, so that not even the first packet to
+        a new VTEP is dropped on a cache miss.
+
+        ARP requests go out for what is missing, and the cache is read again until it is
+        complete or ``timeout`` passes. A next hop that did not answer then (a host that is
+        down) is asked again on later passes but not waited for, so one dead peer does not slow
+        every pass. False when a next hop went unanswered for the first time (retry soon)."""
+        hops = await asyncio.to_thread(netlink.next_hops, sorted(vteps))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        missing = state.unresolved_next_hops(hops, await self.appctl.tunnel_neighbours())
+        if missing:
+            await asyncio.to_thread(netlink.send_arp_requests, missing)
+        while any((h.interface, h.address) not in self._unanswered for h in missing):
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+            missing = state.unresolved_next_hops(hops, await self.appctl.tunnel_neighbours())
+        new = [h for h in missing if (h.interface, h.address) not in self._unanswered]
+        if new:
+            log.warning(
+                "tunnel next hops not answering %s",
+                ", ".join(f"{h.address} via {h.interface}" for h in new),
+            )
+        self._unanswered = {(h.interface, h.address) for h in missing}
+        return not new
 
     async def _announce(self, obj: Obj, vtep: str) -> None:
         """Publish the VTEP of an allocated endpoint before plumbing it (Ready stays False until

@@ -15,8 +15,10 @@ from voile_agent.appliers.openflow import OpenFlow
 from voile_agent.appliers.ovs import Ovs
 from voile_agent.planning.model import (
     EXT_UNDERLAY_ADDRS,
+    EXT_UNDERLAY_CONF,
     EXT_UNDERLAY_IF,
     EXT_UNDERLAY_ROUTES,
+    UNDERLAY_NIC_CONF,
     DatapathType,
     PortRole,
 )
@@ -40,6 +42,10 @@ def _split(value: str | None) -> list[str]:
     return [v for v in (value or "").split(",") if v]
 
 
+def _conf(value: str | None) -> dict[str, str]:
+    return dict(item.partition("=")[::2] for item in _split(value))
+
+
 def ensure_underlay(ovs: Ovs, s: DatapathSettings) -> None:
     """netdev datapath: the underlay interface on an OVS bridge that holds the host's address
     (the userspace datapath routes the outer packets itself). Idempotent; the original addresses
@@ -58,6 +64,10 @@ def ensure_underlay(ovs: Ovs, s: DatapathSettings) -> None:
         routes = netlink.gateway_routes(interface)
         if not addresses:
             raise DatapathError(f"underlay interface {interface} has no IPv4 address to move")
+    # Recorded once, before the first change, like the addresses.
+    conf = _conf(recorded.get(EXT_UNDERLAY_CONF)) or netlink.ipv4_conf(
+        interface, [k for k, _ in UNDERLAY_NIC_CONF]
+    )
     # The bridge takes over the host's identity on the wire: its address and its NIC's MAC, so
     # peers' ARP and OVS tunnel-neighbour caches stay right across agent and host restarts.
     ovs.ensure_bridge(
@@ -70,6 +80,7 @@ def ensure_underlay(ovs: Ovs, s: DatapathSettings) -> None:
             EXT_UNDERLAY_IF: interface,
             EXT_UNDERLAY_ADDRS: ",".join(addresses),
             EXT_UNDERLAY_ROUTES: ",".join(routes),
+            EXT_UNDERLAY_CONF: ",".join(f"{k}={v}" for k, v in sorted(conf.items())),
         },
     )
     mtu = netlink.mtu_of(interface)
@@ -77,6 +88,7 @@ def ensure_underlay(ovs: Ovs, s: DatapathSettings) -> None:
         ovs.set_mtu_request(s.underlay_bridge, mtu)
     ovs.ensure_underlay_port(s.underlay_bridge, interface)
     netlink.move_addresses(interface, s.underlay_bridge, addresses, routes)
+    netlink.set_ipv4_conf(interface, dict(UNDERLAY_NIC_CONF))
 
 
 def undo_underlay(ovs: Ovs, s: DatapathSettings) -> bool:
@@ -95,6 +107,9 @@ def undo_underlay(ovs: Ovs, s: DatapathSettings) -> bool:
             _split(ids.get(EXT_UNDERLAY_ADDRS)),
             _split(ids.get(EXT_UNDERLAY_ROUTES)),
         )
+        conf = _conf(ids.get(EXT_UNDERLAY_CONF))
+        if conf and netlink.link_exists(interface):
+            netlink.set_ipv4_conf(interface, conf)
     log.info("underlay restored interface=%s", interface)
     return True
 

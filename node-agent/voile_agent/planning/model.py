@@ -22,6 +22,15 @@ EXT_ROLE = "voile.dev/role"  # tunnel | endpoint | integration | underlay
 EXT_UNDERLAY_IF = "voile.dev/underlay-interface"
 EXT_UNDERLAY_ADDRS = "voile.dev/underlay-addresses"
 EXT_UNDERLAY_ROUTES = "voile.dev/underlay-routes"
+EXT_UNDERLAY_CONF = "voile.dev/underlay-ipv4-conf"  # the NIC's settings before the agent's
+
+# netdev datapath: the underlay NIC's IPv4 settings while Open vSwitch owns it. The kernel still
+# gets a copy of every frame the NIC receives (the userspace datapath reads them through
+# AF_PACKET), and with the address moved to the bridge the weak host model would make it answer
+# ARP and pings a second time and send an ICMP port-unreachable for each VXLAN packet. With a
+# strict reverse-path filter (every underlay route leaves through the bridge) and arp_ignore=8
+# the kernel drops its copy.
+UNDERLAY_NIC_CONF = (("rp_filter", "1"), ("arp_ignore", "8"))
 
 # Tag on kernel links the agent creates (IFLA_IFALIAS), so that cleanup and restart find them.
 IFALIAS_PREFIX = "voile:"
@@ -149,3 +158,16 @@ class ObservedPort:
     @property
     def endpoint_uid(self) -> str | None:
         return self.ids.get(EXT_ENDPOINT_UID)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class NextHop:
+    """Where the outer packets to one remote VTEP go first: the VTEP itself when it is on-link,
+    else the gateway. The userspace (netdev) datapath resolves this address in its own tunnel
+    neighbour cache, per bridge, and drops the packet that misses it."""
+
+    vtep: ipaddress.IPv4Address
+    address: ipaddress.IPv4Address
+    interface: str
+    source: ipaddress.IPv4Address
+    mac: str

@@ -21,6 +21,7 @@ from voile_agent.planning.model import (
     DesiredPort,
     LocalEndpoint,
     NetworkInfo,
+    NextHop,
     ObservedPort,
     PortKind,
     PortRole,
@@ -258,3 +259,19 @@ def previous_condition(obj: Raw, type_: str) -> Mapping[str, Any] | None:
 
 def without_finalizer(finalizers: Sequence[str], name: str) -> list[str]:
     return [f for f in finalizers if f != name]
+
+
+def unresolved_next_hops(
+    hops: Iterable[NextHop], cache: Mapping[tuple[str, ipaddress.IPv4Address], str]
+) -> list[NextHop]:
+    """The next hops the tunnel neighbour cache does not hold yet, one per (interface, address),
+    in a stable order. ``cache`` maps (bridge, address) to MAC as ``tnl/neigh/show`` lists it."""
+    seen: set[tuple[str, ipaddress.IPv4Address]] = set()
+    missing: list[NextHop] = []
+    for hop in sorted(hops, key=lambda h: (h.interface, h.address, h.vtep)):
+        key = (hop.interface, hop.address)
+        if key in seen or key in cache:
+            continue
+        seen.add(key)
+        missing.append(hop)
+    return missing

@@ -1,0 +1,75 @@
+"""ovs-vswitchd's runtime commands through ``ovs-appctl``: the userspace datapath's tunnel
+neighbour cache.
+
+Why: with ``datapath_type=netdev`` Open vSwitch routes and resolves the outer packets of a tunnel
+itself. A packet whose next hop is not in its tunnel neighbour cache is dropped while it sends an
+ARP request, so the first packet to a VTEP it has not resolved yet is lost. The agent reads the
+cache here and fills the gaps before it reports an endpoint Ready (see
+``voile_agent.appliers.netlink.send_arp_requests``). The kernel datapath (``system``) uses the
+kernel's neighbour table and needs none of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+from pathlib import Path
+
+from voile.errors import DatapathError
+
+NeighbourCache = dict[tuple[str, ipaddress.IPv4Address], str]
+
+
+def parse_neigh_show(text: str) -> NeighbourCache:
+    """``tnl/neigh/show`` as {(bridge, address): MAC}; IPv6 rows and headers are skipped."""
+    cache: NeighbourCache = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        try:
+            address = ipaddress.ip_address(fields[0])
+        except ValueError:
+            continue
+        if isinstance(address, ipaddress.IPv4Address):
+            cache[(fields[2], address)] = fields[1]
+    return cache
+
+
+class AppCtl:
+    """One ovs-vswitchd, found through its run directory: the control socket
+    ``<rundir>/ovs-vswitchd.ctl`` when the daemon was started with that name (the lab), else the
+    one the pidfile names (packaged Open vSwitch)."""
+
+    def __init__(self, rundir: str, *, timeout: float = 10.0) -> None:
+        self.rundir = rundir
+        self.timeout = timeout
+
+    def _target(self) -> str:
+        fixed = Path(self.rundir) / "ovs-vswitchd.ctl"
+        return str(fixed) if fixed.exists() else "ovs-vswitchd"
+
+    async def call(self, *args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            "ovs-appctl",
+            "-t",
+            self._target(),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "OVS_RUNDIR": self.rundir},
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise DatapathError(f"ovs-appctl {args[0]} timed out") from None
+        if proc.returncode != 0:
+            raise DatapathError(f"ovs-appctl {args[0]}: {err.decode().strip()}")
+        return out.decode()
+
+    async def tunnel_neighbours(self) -> NeighbourCache:
+        """The userspace datapath's tunnel neighbour cache. Read-only."""
+        return parse_neigh_show(await self.call("tnl/neigh/show"))
