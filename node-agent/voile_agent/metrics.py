@@ -22,7 +22,9 @@ ENDPOINTS_FAILED = Gauge(
     "voile_agent_endpoints_failed", "Local endpoints whose plumbing failed (last pass)."
 )
 FLOWS_CHANGED = Counter(
-    "voile_agent_flows_changed_total", "OpenFlow rules added or deleted by passes.", ["op"]
+    "voile_agent_flows_changed_total",
+    "OpenFlow rules added, deleted, or replaced after a change outside the agent (op=repair).",
+    ["op"],
 )
 PORTS_DELETED = Counter("voile_agent_ports_deleted_total", "Stale endpoint ports removed.")
 HEARTBEAT_FAILURES = Counter(

@@ -403,6 +403,27 @@ async def test_port_or_flow_deleted_by_hand_comes_back(lab: tuple[Lab, Operator]
         await asyncio.sleep(0.3)
     await wait_ping(ns1, "198.19.10.3", timeout=10)
 
+    # The same flow changed in place under its cookie (its actions now drop): replaced.
+    def actions() -> str:
+        dumped = h1.ofctl("dump-flows", "br-voile", f"cookie={cookie.group(1)}/-1")
+        return " ".join(x.split("actions=", 1)[1] for x in dumped.splitlines() if "actions=" in x)
+
+    original = actions()
+    assert "tun_dst" in original
+    table = re.search(r"\btable=(\d+)", line)
+    h1.ofctl(
+        "mod-flows",
+        "br-voile",
+        f"table={table.group(1) if table else 0},cookie={cookie.group(1)}/-1,actions=drop",
+    )
+    assert actions() == "drop"
+    assert ping(ns1, "198.19.10.3", count=1).returncode != 0
+    deadline = time.monotonic() + resync + 10
+    while actions() != original:
+        assert time.monotonic() < deadline, f"changed flow not replaced: {actions()}"
+        await asyncio.sleep(0.3)
+    await wait_ping(ns1, "198.19.10.3", timeout=10)
+
 
 async def test_flood_reaches_only_vteps_of_the_network_and_host_targets_work(
     lab: tuple[Lab, Operator],

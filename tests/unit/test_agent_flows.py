@@ -248,3 +248,34 @@ def test_changed_port_number_changes_exactly_the_flows_that_name_it() -> None:
     for f in before:
         names_port_3 = "in_port=3," in f.text or "output:3" in f.actions.split(",")
         assert (f.cookie in kept) != names_port_3, f.text
+
+
+def test_flows_changed_in_place_are_replaced_atomically() -> None:
+    from voile_agent.appliers.openflow import diff_cookies
+    from voile_agent.planning.flows import Flow, FlowDiff, diff_flows, with_repairs
+
+    a = Flow(table=0, priority=100, match="in_port=1", actions="drop")
+    b = Flow(table=20, priority=10, match="reg0=0x1,dl_dst=0a:58:c6:12:01:01", actions="output:1")
+    c = Flow(table=20, priority=10, match="reg0=0x1,dl_dst=0a:58:c6:12:01:02", actions="output:2")
+    out = (
+        "+priority=5 cookie=0x99 actions=drop\n"
+        f"-table=20 priority=10,reg0=0x1,dl_dst=0a:58:c6:12:01:01 cookie={b.cookie:#x} "
+        "actions=output:1\n"
+        f"+table=20 priority=10,reg0=0x1,dl_dst=0a:58:c6:12:01:01 cookie={b.cookie:#x} "
+        "actions=output:2\n"
+        f"-table=20 priority=10,reg0=0x1,dl_dst=0a:58:c6:12:01:02 cookie={c.cookie:#x} "
+        "actions=output:2\n"
+    )
+    drifted = diff_cookies(out)
+    assert drifted == {0x99, b.cookie, c.cookie}
+    # c is missing (added by the cookie diff), b changed in place (deleted and added again),
+    # 0x99 is not a desired flow (not ours to touch here).
+    diff = diff_flows([a, b, c], observed_cookies=[a.cookie, b.cookie])
+    assert diff == FlowDiff(add=(c,), delete=())
+    repaired = with_repairs(diff, [a, b, c], drifted)
+    assert repaired == FlowDiff(add=(c, b), delete=(b.cookie,))
+    lines = repaired.bundle_lines()
+    assert lines[0] == f"delete cookie={b.cookie:#x}/-1"
+    assert lines[1:] == [f"add cookie={c.cookie:#x},{c.text}", f"add cookie={b.cookie:#x},{b.text}"]
+    # Nothing drifted: the diff is unchanged.
+    assert with_repairs(diff, [a, b, c], set()) == diff

@@ -11,12 +11,11 @@ kernel's neighbour table and needs none of this.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 from pathlib import Path
 
-from voile.errors import DatapathError
+from voile_agent.appliers.tools import run_tool
 
 NeighbourCache = dict[tuple[str, ipaddress.IPv4Address], str]
 
@@ -51,24 +50,15 @@ class AppCtl:
         return str(fixed) if fixed.exists() else "ovs-vswitchd"
 
     async def call(self, *args: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
+        return await run_tool(
             "ovs-appctl",
             "-t",
             self._target(),
             *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            timeout=self.timeout,
+            what=f"ovs-appctl {args[0]}",
             env={**os.environ, "OVS_RUNDIR": self.rundir},
         )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise DatapathError(f"ovs-appctl {args[0]} timed out") from None
-        if proc.returncode != 0:
-            raise DatapathError(f"ovs-appctl {args[0]}: {err.decode().strip()}")
-        return out.decode()
 
     async def tunnel_neighbours(self) -> NeighbourCache:
         """The userspace datapath's tunnel neighbour cache. Read-only."""

@@ -8,21 +8,32 @@ The flow set is read back by cookie only (``dump-flows cookie=0x5601.../0xffff..
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
-from voile.errors import DatapathError
-from voile_agent.planning.flows import COOKIE_MATCH, FlowDiff
+from voile_agent.appliers.tools import run_tool
+from voile_agent.planning.flows import COOKIE_MATCH, Flow, FlowDiff
 
 log = logging.getLogger(__name__)
 
 _COOKIE = re.compile(r"\bcookie=(0x[0-9a-f]+|\d+)")
 _DURATION = re.compile(r"\bduration=([0-9.]+)s")
 PROTOCOL = "OpenFlow14"
+
+
+def diff_cookies(text: str) -> set[int]:
+    """The cookies on the ``-`` and ``+`` lines of ``ovs-ofctl diff-flows`` output."""
+    cookies = set()
+    for line in text.splitlines():
+        if line[:1] in ("-", "+"):
+            match = _COOKIE.search(line)
+            if match:
+                cookies.add(int(match.group(1), 0))
+    return cookies
 
 
 class OpenFlow:
@@ -33,24 +44,16 @@ class OpenFlow:
         self.target = f"unix:{Path(rundir) / (bridge + '.mgmt')}"
         self.timeout = timeout
 
-    async def _ofctl(self, *args: str) -> str:
-        proc = await asyncio.create_subprocess_exec(
+    async def _ofctl(self, *args: str, ok: tuple[int, ...] = (0,)) -> str:
+        return await run_tool(
             "ovs-ofctl",
             "-O",
             PROTOCOL,
             *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            timeout=self.timeout,
+            what=f"ovs-ofctl {args[0]} {self.bridge}",
+            ok=ok,
         )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise DatapathError(f"ovs-ofctl {args[0]} timed out on {self.bridge}") from None
-        if proc.returncode != 0:
-            raise DatapathError(f"ovs-ofctl {args[0]} {self.bridge}: {err.decode().strip()}")
-        return out.decode()
 
     async def dump(self) -> list[str]:
         """Voile's flows on the bridge, as ovs-ofctl prints them."""
@@ -64,6 +67,21 @@ class OpenFlow:
             if match:
                 cookies.append(int(match.group(1), 0))
         return cookies
+
+    async def drifted(self, desired: Iterable[Flow]) -> set[int]:
+        """Cookies of the desired flows that the bridge holds in another form (other match,
+        actions or timeouts under the same cookie), or lacks. ``ovs-ofctl diff-flows`` parses
+        both sides into OpenFlow structures, so formatting differences are no drift. Read-only.
+        """
+        fd, name = tempfile.mkstemp(prefix="voile-desired-", suffix=".txt")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write("".join(f"cookie={flow.cookie:#x},{flow.text}\n" for flow in desired))
+            # Exit code 0: no difference; 2: differences printed.
+            out = await self._ofctl("diff-flows", name, self.target, ok=(0, 2))
+        finally:
+            os.unlink(name)
+        return diff_cookies(out)
 
     async def apply(self, diff: FlowDiff) -> None:
         """Apply a diff in one atomic bundle. Idempotent: an empty diff sends nothing, and a

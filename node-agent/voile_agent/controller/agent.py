@@ -73,6 +73,7 @@ class PassResult:
     failed: int = 0
     flows_added: int = 0
     flows_deleted: int = 0
+    flows_repaired: int = 0
     ports_deleted: int = 0
     retry: bool = False
 
@@ -81,6 +82,7 @@ def _record(result: PassResult) -> None:
     metrics.ENDPOINTS_PLUMBED.set(result.plumbed)
     metrics.ENDPOINTS_FAILED.set(result.failed)
     metrics.FLOWS_CHANGED.labels(op="add").inc(result.flows_added)
+    metrics.FLOWS_CHANGED.labels(op="repair").inc(result.flows_repaired)
     metrics.FLOWS_CHANGED.labels(op="delete").inc(result.flows_deleted)
     metrics.PORTS_DELETED.inc(result.ports_deleted)
 
@@ -345,7 +347,11 @@ class Agent:
         if not complete:
             diff = flowplan.FlowDiff(add=diff.add, delete=())
             result.retry = True
-        await self.openflow.apply(diff)
+        repaired = flowplan.with_repairs(diff, desired, await self.openflow.drifted(desired))
+        result.flows_repaired = len(repaired.add) - len(diff.add)
+        if result.flows_repaired:
+            log.warning("flows changed outside the agent, replaced count=%d", result.flows_repaired)
+        await self.openflow.apply(repaired)
         if d.datapath_type == DatapathType.NETDEV and remotes:
             try:
                 resolved = await self._resolve_tunnel_neighbours({r.vtep for r in remotes})

@@ -241,6 +241,19 @@ def diff_flows(desired: Iterable[Flow], observed_cookies: Iterable[int]) -> Flow
     )
 
 
+def with_repairs(diff: FlowDiff, desired: Iterable[Flow], drifted: Iterable[int]) -> FlowDiff:
+    """``diff`` plus the replacement of every desired flow that exists on the bridge under its
+    cookie but differs from the plan (changed in place, e.g. by ``ovs-ofctl mod-flows``): deleted
+    by exact cookie and added again in the same atomic bundle. Pure."""
+    want = {flow.cookie: flow for flow in desired}
+    adding = {flow.cookie for flow in diff.add}
+    repair = sorted(c for c in set(drifted) if c in want and c not in adding)
+    return FlowDiff(
+        add=diff.add + tuple(want[c] for c in repair),
+        delete=diff.delete + tuple(repair),
+    )
+
+
 def flows_for_port(flows: Iterable[Flow], ofport: int) -> list[Flow]:
     """The flows that name an OpenFlow port (used by tests and diagnostics)."""
     needle_in, needle_out = f"in_port={ofport},", f"output:{ofport}"
