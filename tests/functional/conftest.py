@@ -276,6 +276,17 @@ class AgentProcess:
                 self.proc.wait(5)
         self.proc = None
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The agent stopped (SIGSTOP) meanwhile, so that a test can change the datapath
+        behind its back and see the change before the agent repairs it."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
+
     def cleanup_command(self) -> subprocess.CompletedProcess[str]:
         h = self.host
         return h.exec(

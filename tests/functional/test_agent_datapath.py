@@ -381,9 +381,12 @@ async def test_port_or_flow_deleted_by_hand_comes_back(lab: tuple[Lab, Operator]
 
     port = port_name(obj["metadata"]["uid"])
 
-    # A port removed by hand.
-    h1.vsctl("del-port", "br-voile", port)
-    assert port not in h1.vsctl("list-ports", "br-voile").split()
+    agent = the_lab.agents[0]
+
+    # A port removed by hand (with the agent paused, so the test sees it gone first).
+    with agent.paused():
+        h1.vsctl("del-port", "br-voile", port)
+        assert port not in h1.vsctl("list-ports", "br-voile").split()
     deadline = time.monotonic() + resync + 10
     while port not in h1.vsctl("list-ports", "br-voile").split():
         assert time.monotonic() < deadline, "port not restored"
@@ -394,9 +397,11 @@ async def test_port_or_flow_deleted_by_hand_comes_back(lab: tuple[Lab, Operator]
     flows = h1.ofctl("dump-flows", "br-voile")
     line = next(x for x in flows.splitlines() if "tun_dst" in x and "dl_dst=" in x)
     cookie = re.search(r"cookie=(0x[0-9a-f]+)", line)
+    table = re.search(r"\btable=(\d+)", line)
     assert cookie
-    h1.ofctl("del-flows", "br-voile", f"cookie={cookie.group(1)}/-1")
-    assert cookie.group(1) not in h1.ofctl("dump-flows", "br-voile")
+    with agent.paused():
+        h1.ofctl("del-flows", "br-voile", f"cookie={cookie.group(1)}/-1")
+        assert cookie.group(1) not in h1.ofctl("dump-flows", "br-voile")
     deadline = time.monotonic() + resync + 10
     while cookie.group(1) not in h1.ofctl("dump-flows", "br-voile"):
         assert time.monotonic() < deadline, "flow not restored"
@@ -410,14 +415,14 @@ async def test_port_or_flow_deleted_by_hand_comes_back(lab: tuple[Lab, Operator]
 
     original = actions()
     assert "tun_dst" in original
-    table = re.search(r"\btable=(\d+)", line)
-    h1.ofctl(
-        "mod-flows",
-        "br-voile",
-        f"table={table.group(1) if table else 0},cookie={cookie.group(1)}/-1,actions=drop",
-    )
-    assert actions() == "drop"
-    assert ping(ns1, "198.19.10.3", count=1).returncode != 0
+    with agent.paused():
+        h1.ofctl(
+            "mod-flows",
+            "br-voile",
+            f"table={table.group(1) if table else 0},cookie={cookie.group(1)}/-1,actions=drop",
+        )
+        assert actions() == "drop"
+        assert ping(ns1, "198.19.10.3", count=1).returncode != 0
     deadline = time.monotonic() + resync + 10
     while actions() != original:
         assert time.monotonic() < deadline, f"changed flow not replaced: {actions()}"
