@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import catalogue
 from tests.e2e.chart import (
     CHART,
     CRD_DIR,
@@ -362,14 +363,7 @@ def test_helm_install_upgrade_uninstall(helm: Helm, kubectl: Kubectl, no_crds: N
             "apply",
             "-f",
             "-",
-            input=json.dumps(
-                {
-                    "apiVersion": "voile.dev/v1alpha1",
-                    "kind": "OverlayNetwork",
-                    "metadata": {"name": net},
-                    "spec": {"cidr": "198.18.40.0/24"},
-                }
-            ),
+            input=json.dumps(catalogue.network(net, cidr="198.18.40.0/24")),
         )
         present = voile_objects(kubectl)
         for expected in (

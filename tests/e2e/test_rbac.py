@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import catalogue
 from tests.e2e.chart import (
     CHART,
     Helm,
@@ -304,22 +305,10 @@ def test_operator_does_its_job_with_the_chart_rbac(
     proc, log, port = operator_process
     net, ep = f"rbac-{uuid.uuid4().hex[:5]}", "rbac-endpoint"
     objs = [
-        {
-            "apiVersion": "voile.dev/v1alpha1",
-            "kind": "OverlayNetwork",
-            "metadata": {"name": net},
-            "spec": {"cidr": "198.18.42.0/24"},
-        },
-        {
-            "apiVersion": "voile.dev/v1alpha1",
-            "kind": "Endpoint",
-            "metadata": {"name": ep, "namespace": "default"},
-            "spec": {
-                "network": net,
-                "node": "node-1",
-                "target": {"netns": {"path": "/run/netns/x"}},
-            },
-        },
+        catalogue.network(net, cidr="198.18.42.0/24"),
+        catalogue.endpoint(
+            ep, network=net, node="node-1", target={"netns": {"path": "/run/netns/x"}}
+        ),
     ]
     try:
         kubectl.run(
@@ -478,23 +467,11 @@ def test_operator_and_agents_do_their_job_with_the_chart_rbac(
                     "apiVersion": "v1",
                     "kind": "List",
                     "items": [
-                        {
-                            "apiVersion": "voile.dev/v1alpha1",
-                            "kind": "OverlayNetwork",
-                            "metadata": {"name": net},
-                            "spec": {"cidr": "198.18.43.0/24"},
-                        },
+                        catalogue.network(net, cidr="198.18.43.0/24"),
                         *[
-                            {
-                                "apiVersion": "voile.dev/v1alpha1",
-                                "kind": "Endpoint",
-                                "metadata": {"name": name, "namespace": "default"},
-                                "spec": {
-                                    "network": net,
-                                    "node": node,
-                                    "target": {"netns": {"path": path}},
-                                },
-                            }
+                            catalogue.endpoint(
+                                name, network=net, node=node, target={"netns": {"path": path}}
+                            )
                             for (name, path), (node, _, _) in zip(endpoints, agents, strict=True)
                         ],
                     ],

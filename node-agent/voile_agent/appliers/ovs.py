@@ -23,10 +23,6 @@ from ovsdbapp.schema.open_vswitch import impl_idl
 from voile.errors import DatapathError
 from voile_agent.planning.model import (
     EXT_ROLE,
-    EXT_UNDERLAY_ADDRS,
-    EXT_UNDERLAY_CONF,
-    EXT_UNDERLAY_IF,
-    EXT_UNDERLAY_ROUTES,
     OWNER_KEY,
     OWNER_VALUE,
     DatapathType,
@@ -311,6 +307,3 @@ class Ovs:
             if len(got) == len(names) or time.monotonic() > deadline:
                 return got
             time.sleep(0.05)
-
-
-UNDERLAY_KEYS = (EXT_UNDERLAY_IF, EXT_UNDERLAY_ADDRS, EXT_UNDERLAY_ROUTES, EXT_UNDERLAY_CONF)
