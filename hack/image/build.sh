@@ -3,8 +3,10 @@
 #   1. a Debian bookworm root made with debootstrap from the machine's Debian mirror, imported
 #      with `podman import` as localhost/voile-base:bookworm (cached: built once);
 #   2. the voile wheel (pip wheel --no-deps);
-#   3. `podman build -f Containerfile` on top: Open vSwitch tools, iproute2, ethtool, python3 and
-#      the wheel with its dependencies from PyPI.
+#   3. the CNI plugin, a static binary (hack/cni/build.sh);
+#   4. `podman build -f Containerfile` on top: Open vSwitch tools, iproute2, ethtool, python3, the
+#      wheel with its dependencies from PyPI, and the plugin in /opt/voile/cni (the agent's
+#      DaemonSet copies it onto each node).
 # Installs podman, runc and debootstrap with apt when missing. Prints the image name.
 # Environment: VOILE_IMAGE (default localhost/voile:<version>), VOILE_REBUILD_BASE=1.
 set -euo pipefail
@@ -57,6 +59,9 @@ mkdir -p "$work/context"
 py="$repo/.venv/bin/python"
 [[ -x "$py" ]] || py=python3
 "$py" -m pip wheel -q --no-deps --wheel-dir "$work/context" "$repo" >&2
+
+say "CNI plugin"
+cp "$("$repo/hack/cni/build.sh")" "$work/context/voile-cni"
 
 # pip inside the build trusts what the host trusts (a TLS-inspecting proxy's CA, if any); the
 # bundle is a build secret, so it does not end up in the image.
