@@ -188,6 +188,18 @@ CATALOGUE: tuple[Invalid, ...] = (
         "spec.target.host.interface",
         target={"host": {"interface": "voile-host-port0"}},
     ),
+    _vep("target-handoff-and-host", "spec.target", target={"handoff": {}, "host": {}}),
+    _vep(
+        "handoff-interface-too-long",
+        "spec.target.handoff.interface",
+        target={"handoff": {"interface": "voile-handoff-00"}},
+    ),
+    _vep(
+        "handoff-interface-dotdot",
+        "spec.target.handoff.interface",
+        target={"handoff": {"interface": ".."}},
+    ),
+    _vep("unknown-handoff-field", "spec.target.handoff.path", target={"handoff": {"path": "/x"}}),
     # -- Endpoint: unknown fields
     _vep("unknown-spec-field", "spec.vlan", vlan=5),
     _vep(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ def _lab(args: argparse.Namespace) -> int:
 
     lab = Lab()
     if args.action == "up":
-        kubeconfig = lab.up(hosts=args.hosts)
+        kubeconfig = lab.up(hosts=args.hosts, nodes=args.nodes, pod_network=args.pod_network)
         print(f"export KUBECONFIG={kubeconfig}")
     elif args.action == "down":
         lab.down()
@@ -57,10 +58,31 @@ def _lab(args: argparse.Namespace) -> int:
             print("voile lab exec NAME -- CMD...", file=sys.stderr)
             return 2
         return lab.exec(args.name, argv)
+    elif args.action == "docker":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not argv:
+            print("voile lab docker HOST -- ARGS...", file=sys.stderr)
+            return 2
+        return lab.docker(args.host, argv)
+    elif args.action == "crictl":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        return lab.crictl(args.host, argv)
     elif args.action == "status":
         table, ok = lab.status()
         print(table, end="")
         return 0 if ok else 1
+    elif args.action == "podman":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not argv:
+            print("voile lab podman HOST -- ARGS...", file=sys.stderr)
+            return 2
+        return lab.podman(args.host).call(argv)
+    elif args.action == "cni-conf":
+        print(json.dumps(lab.cni_conf(args.host, args.network), indent=2))
+    elif args.action == "cni-path":
+        from voile.lab import cni
+
+        print(cni.plugin().parent)
     return 0
 
 
@@ -78,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     lab_sub = lab.add_subparsers(dest="action", required=True)
     up = lab_sub.add_parser("up", help="start (or complete) the lab; prints export KUBECONFIG=...")
     up.add_argument("--hosts", type=int, default=3, help="number of simulated hosts (default 3)")
+    up.add_argument(
+        "--nodes",
+        action="store_true",
+        help="make every host a Kubernetes node too (containerd + kubelet, Voile as its CNI)",
+    )
+    up.add_argument(
+        "--pod-network",
+        help="the OverlayNetwork of Pods without the annotation voile.dev/network (default blue)",
+    )
     lab_sub.add_parser("down", help="remove everything the lab created")
     lab_sub.add_parser("status", help="hosts, networks and endpoints; non-zero if not all Ready")
     attach = lab_sub.add_parser("attach", help="a container-like namespace on HOST in NETWORK")
@@ -91,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     ex = lab_sub.add_parser("exec", help="run a command inside an attached namespace")
     ex.add_argument("name")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
+    dk = lab_sub.add_parser(
+        "docker", help="the docker CLI against HOST's dockerd (started on first use)"
+    )
+    dk.add_argument("host")
+    dk.add_argument("argv", nargs=argparse.REMAINDER)
+    pm = lab_sub.add_parser(
+        "podman", help="run podman as HOST's runtime (CNI: one voile network per OverlayNetwork)"
+    )
+    pm.add_argument("host")
+    pm.add_argument("argv", nargs=argparse.REMAINDER)
+    conf = lab_sub.add_parser("cni-conf", help="print the conflist for HOST and NETWORK")
+    conf.add_argument("host")
+    conf.add_argument("network")
+    lab_sub.add_parser("cni-path", help="print the directory holding the voile CNI plugin")
+    cri = lab_sub.add_parser("crictl", help="crictl against HOST's containerd (lab up --nodes)")
+    cri.add_argument("host")
+    cri.add_argument("argv", nargs=argparse.REMAINDER)
     lab.set_defaults(func=_lab)
     return parser
 

@@ -11,6 +11,7 @@ deletion, Pods. Nothing here waits for those.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime
 import ipaddress
@@ -59,10 +60,12 @@ def _pinned_version(go_mod: Path, module: str) -> str:
 
 def binary(name: str) -> Path:
     """The cached binary for the version pinned under hack/controlplane, or a clear error."""
-    if name == "kube-apiserver":
-        version = _pinned_version(HACK_DIR / "kube-apiserver" / "go.mod", "k8s.io/kubernetes")
+    if name in ("kube-apiserver", "kubelet"):
+        version = _pinned_version(HACK_DIR / name / "go.mod", "k8s.io/kubernetes")
     elif name == "etcd":
         version = _pinned_version(HACK_DIR / "etcd" / "go.mod", "go.etcd.io/etcd/server/v3")
+    elif name == "crictl":
+        version = _pinned_version(HACK_DIR / "crictl" / "go.mod", "sigs.k8s.io/cri-tools")
     else:
         raise ValueError(name)
     path = cache_dir() / "bin" / f"{name}-{version}"
@@ -201,6 +204,12 @@ class ControlPlane:
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--disable-admission-plugins=ServiceAccount",
                 "--allow-privileged=true",
+                # For kubelets (logs, exec, port-forward): the API server reaches a Node at its
+                # InternalIP (a lab node's hostname resolves nowhere) and shows the admin
+                # certificate, which a kubelet's webhook authorizer allows (system:masters).
+                f"--kubelet-client-certificate={pki / 'admin.crt'}",
+                f"--kubelet-client-key={pki / 'admin.key'}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--enable-priority-and-fairness=false",
                 "--max-requests-inflight=1600",
                 "--max-mutating-requests-inflight=800",
@@ -268,6 +277,67 @@ class ControlPlane:
         if url.endswith("/health"):
             return "ok" if json.loads(text).get("health") == "true" else text
         return text
+
+    # -- node credentials ----------------------------------------------------------------------
+
+    def issue_node_kubeconfig(self, node: str, out: Path, *, server: str | None = None) -> Path:
+        """Credentials for a kubelet named ``node``, written into ``out``: a client certificate
+        (CN=system:node:<node>, O=system:nodes) signed by this control plane's CA, the CA itself
+        (``ca.crt``, also the kubelet's ``clientCAFile``) and ``kubeconfig`` with both embedded,
+        so the files outlive nothing but the CA. ``server`` defaults to the running API server's
+        URL. Returns the kubeconfig's path. Idempotent: a second call issues a fresh certificate.
+
+        RBAC-only authorization gives the group system:nodes no rights by itself: bind the
+        ClusterRole ``system:node`` to it (or to the user) before the kubelet starts."""
+        pki = self.directory / "pki"
+        state = self._read_state()
+        if server is None:
+            if state is None:
+                raise ControlPlaneError(f"no control plane state in {self.directory}")
+            server = state.server
+        try:
+            ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+            ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+        except (OSError, ValueError) as exc:
+            raise ControlPlaneError(f"cannot read the CA in {pki}: {exc}") from exc
+        if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+            raise ControlPlaneError(f"{pki / 'ca.key'} is not the EC key this module writes")
+        out.mkdir(parents=True, exist_ok=True)
+        self._leaf(
+            out, "node", ca_cert, ca_key, f"system:node:{node}", "system:nodes", [], server=False
+        )
+        shutil.copyfile(pki / "ca.crt", out / "ca.crt")
+
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        user = f"system:node:{node}"
+        ca_data = b64(pki / "ca.crt")
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "voile",
+                    "cluster": {"server": server, "certificate-authority-data": ca_data},
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {
+                        "client-certificate-data": b64(out / "node.crt"),
+                        "client-key-data": b64(out / "node.key"),
+                    },
+                }
+            ],
+            "contexts": [{"name": "voile", "context": {"cluster": "voile", "user": user}}],
+            "current-context": "voile",
+        }
+        kubeconfig = out / "kubeconfig"
+        kubeconfig.write_text(json.dumps(config, indent=2))
+        kubeconfig.chmod(0o600)
+        return kubeconfig
 
     # -- stop ----------------------------------------------------------------------------------
 

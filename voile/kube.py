@@ -157,6 +157,18 @@ class KubeClient:
             result: Obj = json.loads(text) if text else {}
             return result
 
+    async def get_text(
+        self, url_path: str, *, params: Mapping[str, str] | None = None, timeout: float = 30.0
+    ) -> str:
+        """A plain-text GET (a Pod's log); errors as ``request``'s."""
+        async with self._session.get(
+            self.server + url_path, params=params, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as resp:
+            text = await resp.text()
+            if resp.status >= 400:
+                raise _error(resp.status, text)
+            return text
+
     async def get(self, url_path: str) -> Obj | None:
         """The object, or None when it does not exist."""
         try:
@@ -198,15 +210,19 @@ class KubeClient:
             "POST", url_path, body=body, params={"fieldManager": self.field_manager}
         )
 
-    async def patch(self, url_path: str, body: object, *, kind: str = "merge") -> Obj:
-        """``kind``: merge (RFC 7386), json (RFC 6902, e.g. with a ``test`` op), or apply (SSA)."""
+    async def patch(
+        self, url_path: str, body: object, *, kind: str = "merge", field_manager: str | None = None
+    ) -> Obj:
+        """``kind``: merge (RFC 7386), json (RFC 6902, e.g. with a ``test`` op), or apply (SSA).
+        ``field_manager`` overrides the client's (when one process applies several owners'
+        fields, e.g. each node's entry of a shared list-map)."""
         content_type = {
             "merge": "application/merge-patch+json",
             "json": "application/json-patch+json",
             "strategic": "application/strategic-merge-patch+json",
             "apply": "application/apply-patch+yaml",
         }[kind]
-        params = {"fieldManager": self.field_manager}
+        params = {"fieldManager": field_manager or self.field_manager}
         if kind == "apply":
             params["force"] = "true"
         return await self.request(
@@ -282,11 +298,6 @@ def _error(status: int, text: str) -> ApiError:
     return _BY_STATUS.get(status, ApiError)(status, reason, message)
 
 
-def quote_selector(selector: Mapping[str, str]) -> str:
-    """``{"a": "b"}`` -> ``a=b`` (values are label values or field values; no escaping needed)."""
-    return ",".join(f"{k}={v}" for k, v in selector.items())
-
-
 async def wait_for(
     predicate: Any, *, timeout: float, interval: float = 0.2, what: str = "condition"
 ) -> Any:
@@ -310,6 +321,5 @@ __all__ = [
     "KubeClient",
     "NotFound",
     "path",
-    "quote_selector",
     "wait_for",
 ]

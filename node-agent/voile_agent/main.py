@@ -14,19 +14,30 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import prometheus_client
 
-from voile import kube
+from voile import kube, logs
+from voile.agentapi import AgentClient
 from voile.api import constants as c
 from voile.errors import VoileError
 from voile_agent import __version__
-from voile_agent.appliers.kube import FIELD_MANAGER
-from voile_agent.appliers.netlink import DEFAULT_ALLOWED_NETNS_DIRS
-from voile_agent.appliers.ovs import Ovs
-from voile_agent.controller import datapath
 from voile_agent.controller.agent import Agent, AgentSettings
-from voile_agent.planning.model import DatapathType
+from voile_agent.controller.source import AgentSource, Pulse
+from voile_agent.datapath.base import Datapath
+from voile_agent.datapath.null import NullDatapath
+from voile_agent.datapath.ovs import OvsDatapath, OvsSettings
+from voile_agent.datapath.ovs.model import DatapathType
+from voile_agent.docker.driver import DockerDriver
+from voile_agent.docker.server import DEFAULT_SOCKET as DEFAULT_DOCKER_PLUGIN_SOCKET
+from voile_agent.docker.server import DockerPluginServer
+from voile_agent.docker.state import NetworkStore
+from voile_agent.host.netlink import DEFAULT_ALLOWED_NETNS_DIRS, check_netns
+from voile_agent.kubeapi import FIELD_MANAGER
+from voile_agent.localapi.janitor import Janitor
+from voile_agent.localapi.server import LocalApiServer
+from voile_agent.localapi.service import AttachService
 
 log = logging.getLogger("voile_agent")
 
@@ -35,7 +46,32 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get("VOILE_" + name.upper().replace("-", "_"), default)
 
 
-def _add_ovs_options(p: argparse.ArgumentParser) -> None:
+BACKENDS = ("ovs", "null")
+DEFAULT_ATTACH_SOCKET = "/run/voile/agent.sock"
+DEFAULT_STATE_DIR = "/var/lib/voile"
+DEFAULT_CNI_SPOOL_DIR = "/var/lib/voile/cni-pending"
+
+
+def _add_datapath_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--datapath",
+        choices=BACKENDS,
+        default=_env("datapath", "ovs"),
+        help="the datapath backend: ovs (Open vSwitch), or null (memory only: measures the "
+        "control plane alone, for scale tests)",
+    )
+    vtep = p.add_mutually_exclusive_group()
+    vtep.add_argument("--vtep-ip", default=_env("vtep-ip"))
+    vtep.add_argument("--vtep-interface", default=_env("vtep-interface"))
+    p.add_argument(
+        "--allowed-netns-dir",
+        action="append",
+        dest="allowed_netns_dirs",
+        default=None,
+        help="directory whose namespaces Endpoints may target "
+        "(repeatable; default /run/netns and /var/run/netns)",
+    )
+    p.set_defaults(env_netns_dirs=_env("allowed-netns-dir"))
     p.add_argument("--bridge", default=_env("bridge", "br-voile"))
     p.add_argument(
         "--datapath-type",
@@ -74,19 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the agent of one host")
     run.add_argument("--node", default=_env("node"), required=_env("node") is None)
-    vtep = run.add_mutually_exclusive_group()
-    vtep.add_argument("--vtep-ip", default=_env("vtep-ip"))
-    vtep.add_argument("--vtep-interface", default=_env("vtep-interface"))
-    env_dirs = _env("allowed-netns-dir")
-    run.add_argument(
-        "--allowed-netns-dir",
-        action="append",
-        dest="allowed_netns_dirs",
-        default=None,
-        help="directory whose namespaces Endpoints may target "
-        "(repeatable; default /run/netns and /var/run/netns)",
-    )
-    run.set_defaults(env_netns_dirs=env_dirs)
     run.add_argument("--resync-period", type=float, default=float(_env("resync-period") or 30))
     run.add_argument("--namespace", default=_env("namespace", c.DEFAULT_NAMESPACE))
     run.add_argument("--kubeconfig", default=_env("kubeconfig"))
@@ -99,69 +122,102 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--heartbeat-interval", type=float, default=float(_env("heartbeat-interval") or 10)
     )
-    _add_ovs_options(run)
+    run.add_argument(
+        "--probe-interval",
+        type=float,
+        default=float(_env("probe-interval") or 2),
+        help="seconds between rounds of data-path probes to the peers of each network (0 = off)",
+    )
+    run.add_argument(
+        "--attach-socket",
+        default=_env("attach-socket", DEFAULT_ATTACH_SOCKET),
+        help="the local attach API's unix socket (root only; empty = off)",
+    )
+    run.add_argument(
+        "--attach-namespace",
+        default=_env("attach-namespace", "default"),
+        help="the namespace of Endpoints attached through the socket without one",
+    )
+    run.add_argument(
+        "--docker-plugin-socket",
+        default=_env("docker-plugin-socket", DEFAULT_DOCKER_PLUGIN_SOCKET),
+        help="serve Docker's network and IPAM driver 'voile' on this socket, in a directory "
+        "dockerd reads plugins from (empty = off)",
+    )
+    run.add_argument(
+        "--state-dir",
+        default=_env("state-dir", DEFAULT_STATE_DIR),
+        help="where the agent keeps what it must find again after a restart (the Docker "
+        "driver's network mapping)",
+    )
+    run.add_argument(
+        "--cni-spool-dir",
+        default=_env("cni-spool-dir", DEFAULT_CNI_SPOOL_DIR),
+        help="where the CNI plugin records a DEL the agent did not answer; the agent finishes "
+        "each record at start and periodically (empty = off)",
+    )
+    _add_datapath_options(run)
 
     cleanup = sub.add_parser("cleanup", help="remove everything the agent made on this host")
-    _add_ovs_options(cleanup)
+    _add_datapath_options(cleanup)
+
+    dump = sub.add_parser("dump", help="print the running agent's datapath (its local API)")
+    dump.add_argument("--attach-socket", default=_env("attach-socket", DEFAULT_ATTACH_SOCKET))
+    dump.add_argument("--log-level", default=_env("log-level", "warning"))
+    dump.add_argument("--log-format", choices=["text", "json"], default="text")
     return parser
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "time": self.formatTime(record),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "msg": record.getMessage(),
-                **({"exc": self.formatException(record.exc_info)} if record.exc_info else {}),
-            }
-        )
+def _dump(args: argparse.Namespace) -> int:
+    try:
+        status, body = AgentClient(args.attach_socket).request("GET", "/v1/dump")
+    except OSError as exc:
+        raise VoileError(f"no agent answers on {args.attach_socket}: {exc}") from exc
+    print(json.dumps(body, indent=2))
+    return 0 if status == 200 else 1
 
 
-def _logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    for noisy in ("ovsdbapp", "pyroute2", "asyncio", "aiohttp"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+def _allowed_dirs(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.allowed_netns_dirs:
+        return tuple(args.allowed_netns_dirs)
+    env = args.env_netns_dirs
+    return tuple(env.split(",")) if env else DEFAULT_ALLOWED_NETNS_DIRS
 
 
-def _datapath(args: argparse.Namespace) -> datapath.DatapathSettings:
+def build_datapath(args: argparse.Namespace) -> Datapath:
+    """The backend the flags choose; the only place that knows the backends."""
+    if args.datapath == "null":
+        return NullDatapath(vtep_ip=args.vtep_ip or "198.18.0.1")
     if len(args.tunnel_port) > 15 or len(args.bridge) > 15:
         raise VoileError("--tunnel-port and --bridge must be at most 15 characters")
-    return datapath.DatapathSettings(
-        bridge=args.bridge,
-        datapath_type=DatapathType(args.datapath_type),
-        vxlan_port=args.vxlan_port,
-        tunnel_port=args.tunnel_port,
-        ovsdb=args.ovsdb,
-        ovs_rundir=args.ovs_rundir,
-        underlay_interface=args.underlay_interface,
-        underlay_bridge=args.underlay_bridge,
+    return OvsDatapath(
+        OvsSettings(
+            bridge=args.bridge,
+            datapath_type=DatapathType(args.datapath_type),
+            vxlan_port=args.vxlan_port,
+            tunnel_port=args.tunnel_port,
+            ovsdb=args.ovsdb,
+            ovs_rundir=args.ovs_rundir,
+            underlay_interface=args.underlay_interface,
+            underlay_bridge=args.underlay_bridge,
+            vtep_ip=args.vtep_ip,
+            vtep_interface=args.vtep_interface,
+            allowed_netns_dirs=_allowed_dirs(args),
+        )
     )
 
 
 async def _run(args: argparse.Namespace) -> int:
-    dirs = args.allowed_netns_dirs
-    if not dirs:
-        env = args.env_netns_dirs
-        dirs = env.split(",") if env else list(DEFAULT_ALLOWED_NETNS_DIRS)
     settings = AgentSettings(
         node=args.node,
-        vtep_ip=args.vtep_ip,
-        vtep_interface=args.vtep_interface,
-        datapath=_datapath(args),
-        allowed_netns_dirs=tuple(dirs),
         resync_period=args.resync_period,
         namespace=args.namespace,
         heartbeat_interval=args.heartbeat_interval,
+        probe_interval=args.probe_interval,
     )
-    if not settings.vtep_ip and not settings.vtep_interface:
+    if not args.vtep_ip and not args.vtep_interface:
         raise VoileError("give --vtep-ip or --vtep-interface")
+    datapath = build_datapath(args)
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port)
         log.info("metrics served port=%s", args.metrics_port)
@@ -171,28 +227,71 @@ async def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Leave the datapath as it is: flows keep forwarding while the agent is away.
         loop.add_signal_handler(sig, lambda: task.cancel() if task else None)
+    agent = Agent(settings, client, datapath)
+    pulse = Pulse()
+    agent.view.listeners.append(pulse.fire)
+    servers: list[LocalApiServer | DockerPluginServer] = []
+    janitor: asyncio.Task[None] | None = None
+    if args.attach_socket:
+        allowed = _allowed_dirs(args)
+        service = AttachService(
+            agent=agent,
+            client=client,
+            node=args.node,
+            namespace=args.attach_namespace,
+            check_netns=lambda path: check_netns(path, allowed),
+            pulse=pulse,
+        )
+        servers.append(LocalApiServer(service, args.attach_socket))
+    if args.docker_plugin_socket:
+        driver = DockerDriver(
+            agent=agent,
+            client=client,
+            source=AgentSource(agent, pulse),
+            node=args.node,
+            namespace=args.attach_namespace,
+            store=NetworkStore(Path(args.state_dir)),
+        )
+        driver.load()
+        servers.append(DockerPluginServer(driver, args.docker_plugin_socket))
+    for server in servers:
+        await server.start()
+    if args.attach_socket:
+        janitor = asyncio.create_task(
+            Janitor(service, args.cni_spool_dir or None).run(), name="cni-janitor"
+        )
     try:
-        await Agent(settings, client, Ovs(settings.datapath.ovsdb)).run()
+        await agent.run()
     except asyncio.CancelledError:
         log.info("agent stopping; datapath left in place")
     finally:
+        if janitor is not None:
+            janitor.cancel()
+        for server in servers:
+            await server.stop()
+        await datapath.close()
         await client.close()
     return 0
 
 
 async def _cleanup(args: argparse.Namespace) -> int:
-    settings = _datapath(args)
-    removed = await datapath.cleanup(Ovs(settings.ovsdb), settings)
+    datapath = build_datapath(args)
+    try:
+        removed = await datapath.cleanup()
+    finally:
+        await datapath.close()
     log.info("cleanup done %s", " ".join(f"{k}={v}" for k, v in removed.items()))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _logging(args.log_level, args.log_format)
+    logs.setup(args.log_level, args.log_format)
     try:
         if args.command == "run":
             return asyncio.run(_run(args))
+        if args.command == "dump":
+            return _dump(args)
         return asyncio.run(_cleanup(args))
     except VoileError as exc:
         log.error("%s", exc)

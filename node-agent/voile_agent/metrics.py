@@ -1,8 +1,8 @@
 """Prometheus metrics of the node agent (served on --metrics-port by main; 0 = off).
 
 What an operator of a node wants to see without reading logs: how long passes take and whether
-they fail, how many endpoints are plumbed or failing, how much the flow table churns, and whether
-the heartbeat reaches the API server.
+they fail, how many endpoints are plumbed or failing, how much the datapath's forwarding entries
+churn (OpenFlow rules for the OVS backend), and whether the heartbeat reaches the API server.
 """
 
 from __future__ import annotations
@@ -14,19 +14,41 @@ PASS_SECONDS = Histogram(
     "Time of one observe -> plan -> apply pass.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-PASS_ERRORS = Counter("voile_agent_reconcile_errors_total", "Passes that raised and were retried.")
+PASS_ERRORS = Counter(
+    "voile_agent_reconcile_errors_total",
+    "Passes aborted (the datapath did not answer, or an error) and retried.",
+)
 ENDPOINTS_PLUMBED = Gauge(
-    "voile_agent_endpoints_plumbed", "Local endpoints plumbed with an OpenFlow port (last pass)."
+    "voile_agent_endpoints_plumbed", "Local endpoints the datapath forwards to (last pass)."
 )
 ENDPOINTS_FAILED = Gauge(
     "voile_agent_endpoints_failed", "Local endpoints whose plumbing failed (last pass)."
 )
 FLOWS_CHANGED = Counter(
     "voile_agent_flows_changed_total",
-    "OpenFlow rules added, deleted, or replaced after a change outside the agent (op=repair).",
+    "Forwarding entries (OpenFlow rules for ovs) added, deleted, or replaced after a change "
+    "outside the agent (op=repair).",
     ["op"],
 )
 PORTS_DELETED = Counter("voile_agent_ports_deleted_total", "Stale endpoint ports removed.")
 HEARTBEAT_FAILURES = Counter(
     "voile_agent_heartbeat_failures_total", "Heartbeat Lease renewals that failed."
+)
+PROBE_RTT = Histogram(
+    "voile_agent_probe_rtt_seconds",
+    "Round-trip time of data-path probes, per network, peer VTEP and size (small or full MTU).",
+    ["network", "peer", "size"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+PROBES_SENT = Counter(
+    "voile_agent_probes_sent_total", "Data-path probes sent.", ["network", "peer", "size"]
+)
+PROBES_LOST = Counter(
+    "voile_agent_probes_lost_total",
+    "Data-path probes without a reply.",
+    ["network", "peer", "size"],
+)
+BROKEN_PATHS = Gauge(
+    "voile_agent_broken_paths",
+    "Paths (network, peer VTEP) whose probes say unreachable or MTU-broken.",
 )

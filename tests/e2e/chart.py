@@ -28,6 +28,7 @@ CRD_NAMES = (
     "endpoints.voile.dev",
     "ipclaims.voile.dev",
     "overlaynetworks.voile.dev",
+    "traces.voile.dev",
     "vniclaims.voile.dev",
 )
 # helm follows the files/crds symlink and says so on stderr; that line is expected.

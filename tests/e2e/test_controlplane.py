@@ -205,3 +205,35 @@ def test_cli_up_readyz_down_leaves_nothing(tmp_path: Path) -> None:
         assert not _process_lives(pid)
     assert not _listening(port)
     assert not _listening(etcd_port)
+
+
+def test_node_kubeconfig_authenticates_as_the_node(
+    control_plane: Endpoints, tmp_path: Path
+) -> None:
+    plane = ControlPlane(control_plane.directory)
+    kubeconfig = plane.issue_node_kubeconfig("n1", tmp_path / "n1")
+    assert sorted(p.name for p in kubeconfig.parent.iterdir()) == [
+        "ca.crt",
+        "kubeconfig",
+        "node.crt",
+        "node.key",
+    ]
+    kubectl = ["kubectl", "--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "cache")]
+    whoami = subprocess.run(
+        [*kubectl, "auth", "whoami", "-o", "jsonpath={.status.userInfo}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert '"username":"system:node:n1"' in whoami.stdout
+    assert '"system:nodes"' in whoami.stdout
+    # RBAC only: a node has no rights until someone binds the system:node ClusterRole.
+    can_i = subprocess.run(
+        [*kubectl, "auth", "can-i", "create", "nodes"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert can_i.stdout.strip() == "no"

@@ -164,8 +164,14 @@ def test_template_default_values(helm: Helm) -> None:
         "add": ["NET_ADMIN", "SYS_ADMIN"],
     }
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert set(mounts) == {"/run/openvswitch", "/var/run/netns"}
+    assert set(mounts) == {
+        "/run/openvswitch",
+        "/var/run/netns",
+        "/run/voile",
+        "/var/lib/voile/cni-pending",
+    }
     assert mounts["/var/run/netns"]["mountPropagation"] == "HostToContainer"
+    assert env["VOILE_ATTACH_SOCKET"] == "/run/voile/agent.sock"
     dep = find(objs, "Deployment", "voile-operator")
     assert dep["spec"]["replicas"] == 2
     env = container_env(dep)
@@ -233,6 +239,9 @@ def test_template_custom_values(helm: Helm) -> None:
         ({"agent.allowedNetnsDirs[0]": "relative/dir"}, "/agent/allowedNetnsDirs/0"),
         ({"operator.replicaCount": "2"}, "replicaCount"),
         ({"metrics.port": "0"}, "/metrics/port"),
+        ({"cni.mode": "chained"}, "/cni/mode"),
+        ({"cni.mode": "primary"}, "/cni/network"),
+        ({"cni.binDir": "opt/cni/bin"}, "/cni/binDir"),
     ],
 )
 def test_schema_rejects_bad_values(helm: Helm, values: dict[str, str], complaint: str) -> None:
@@ -487,3 +496,55 @@ def test_template_optional_parts(helm: Helm) -> None:
     assert "CustomResourceDefinition" not in kinds
     names = {o["metadata"]["name"] for o in lean if o["kind"] == "ClusterRole"}
     assert names == {"voile-operator", "voile-agent"}
+
+
+def test_template_cni_plugin_install(helm: Helm) -> None:
+    """The agent DaemonSet's init container copies the plugin onto the node (delegate mode:
+    nothing else); primary mode also writes a conflist for cni.network; the agent serves its
+    attach socket and finishes pending DELs from the host directories the plugin uses."""
+    ds = find(helm.template("voile-system"), "DaemonSet", "voile-agent")
+    pod = ds["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    script = init["command"][-1]
+    assert "cp /opt/voile/cni/voile /host/cni/bin/.voile.tmp" in script
+    assert "mv -f /host/cni/bin/.voile.tmp /host/cni/bin/voile" in script
+    assert "net.d" not in script and "env" not in init
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cni-bin"]["hostPath"]["path"] == "/opt/cni/bin"
+    assert "cni-conf" not in volumes
+    env = container_env(ds)
+    assert env["VOILE_ATTACH_SOCKET"] == "/run/voile/agent.sock"
+    assert env["VOILE_CNI_SPOOL_DIR"] == "/var/lib/voile/cni-pending"
+
+    values = {
+        "cni.mode": "primary",
+        "cni.network": "pods",
+        "cni.confDir": "/etc/cni/custom.d",
+        "cni.binDir": "/usr/libexec/cni",
+        "cni.confName": "05-voile.conflist",
+    }
+    ds = find(helm.template("voile-system", values), "DaemonSet", "voile-agent")
+    pod = ds["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert "/host/cni/net.d/05-voile.conflist" in init["command"][-1]
+    conflist = json.loads(init["env"][0]["value"])
+    assert conflist == {
+        "cniVersion": "1.0.0",
+        "name": "pods",
+        "plugins": [
+            {
+                "type": "voile",
+                "network": "pods",
+                "socket": "/run/voile/agent.sock",
+                "spoolDir": "/var/lib/voile/cni-pending",
+                "capabilities": {"ips": True, "mac": True},
+                "podNetworkAnnotation": True,
+            }
+        ],
+    }
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    assert (volumes["cni-conf"], volumes["cni-bin"]) == ("/etc/cni/custom.d", "/usr/libexec/cni")
+
+    ds = find(helm.template("voile-system", {"cni.enabled": "false"}), "DaemonSet", "voile-agent")
+    assert "initContainers" not in ds["spec"]["template"]["spec"]
+    assert container_env(ds)["VOILE_CNI_SPOOL_DIR"] == ""

@@ -49,6 +49,18 @@ def kubectl(lab: Lab, *args: str, check: bool = True) -> subprocess.CompletedPro
     return proc
 
 
+def kubectl_voile(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig)}
+    return subprocess.run(
+        [venv_bin("kubectl-voile"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def in_ns(netns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["ip", "netns", "exec", netns, *cmd],
@@ -216,6 +228,19 @@ def test_overlapping_cidrs_are_isolated(lab: Lab) -> None:
     assert echo_requests_seen("b1", "a1", "198.18.3.11") == 0
     assert echo_requests_seen("b2", "b1", "198.18.3.10") >= 5
     assert echo_requests_seen("a1", "b1", "198.18.3.10") == 0
+
+    # kubectl voile trace follows the packet through both hosts' real datapaths.
+    same = kubectl_voile(lab, "trace", "default/a1", "default/a2")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "[source] node host-1" in same.stdout and "[destination] node host-2" in same.stdout
+    assert "=> tunnel" in same.stdout and "verdict: delivered" in same.stdout
+    # Across the two networks, the same addresses: the trace shows where it is dropped.
+    other = kubectl_voile(lab, "trace", "default/a1", "default/b2")
+    assert other.returncode == 1, other.stdout + other.stderr
+    assert "verdict: Dropped" in other.stdout and "dropped by table=" in other.stdout
+    status = kubectl_voile(lab, "status")
+    assert status.returncode == 0, status.stdout
+    assert "tenant-a" in status.stdout and "default/b2" in status.stdout
     for name in ("a1", "a2", "b1", "b2"):
         lab.detach(name)
 

@@ -55,8 +55,9 @@ MATRIX: list[tuple[str, str, str, bool, bool]] = [
     ("patch", "endpoints.voile.dev", USER, True, True),
     ("patch", "endpoints.voile.dev/status", USER, True, True),
     ("update", "endpoints.voile.dev", USER, False, False),
-    ("create", "endpoints.voile.dev", USER, False, False),
-    ("delete", "endpoints.voile.dev", USER, False, False),
+    # The agent's local attach API creates and deletes Endpoints for runtimes (CNI ADD/DEL).
+    ("create", "endpoints.voile.dev", USER, False, True),
+    ("delete", "endpoints.voile.dev", USER, False, True),
     ("list", "overlaynetworks.voile.dev", CLUSTER, True, True),
     ("watch", "overlaynetworks.voile.dev", CLUSTER, True, True),
     ("patch", "overlaynetworks.voile.dev", CLUSTER, True, False),
@@ -86,6 +87,9 @@ MATRIX: list[tuple[str, str, str, bool, bool]] = [
     ("list", "secrets", ALL, False, False),
     ("get", "configmaps", RELEASE, False, False),
     ("list", "pods", ALL, False, False),
+    # CNI ADD with podNetworkAnnotation: the agent reads the Pod's voile.dev/network.
+    ("get", "pods", USER, False, True),
+    ("delete", "pods", USER, False, False),
     ("list", "nodes", CLUSTER, False, False),
     ("create", "serviceaccounts/token", RELEASE, False, False),
     ("create", "clusterrolebindings", CLUSTER, False, False),
@@ -444,6 +448,9 @@ def test_operator_and_agents_do_their_job_with_the_chart_rbac(
                 "VOILE_OVSDB": host.ovsdb,
                 "VOILE_OVS_RUNDIR": str(host.directory),
                 "VOILE_KUBECONFIG": str(agent_config),
+                # Each simulated host has its own socket and spool (the chart's are host paths).
+                "VOILE_ATTACH_SOCKET": str(host.attach_socket),
+                "VOILE_CNI_SPOOL_DIR": str(host.cni_spool_dir),
                 "VOILE_HEARTBEAT_INTERVAL": "2",
                 "VOILE_LOG_LEVEL": "debug",
             }
@@ -520,6 +527,10 @@ def test_operator_and_agents_do_their_job_with_the_chart_rbac(
             timeout=45,
         )
 
+        # A CNI ADD and DEL through the first agent's local API: it creates and deletes the
+        # Endpoint with its own token, and the operator allocates it.
+        cni_attach_and_detach(fabric.hosts[0], net, endpoints[0][1])
+
         for name, _ in endpoints:
             kubectl.run("delete", "endpoints.voile.dev", name, "-n", "default", "--wait=false")
         for name, _ in endpoints:
@@ -586,3 +597,20 @@ def test_operator_and_agents_do_their_job_with_the_chart_rbac(
             check=False,
         )
         fabric.stop()
+
+
+def cni_attach_and_detach(host: Any, network: str, netns: str) -> None:
+    from tests.cni import invoke, runtime_conf
+    from voile.lab import cni
+
+    plugin = cni.plugin()
+    conf = runtime_conf(
+        cni.plugin_conf(network, socket=host.attach_socket, spool_dir=host.cni_spool_dir),
+        name=network,
+    )
+    how = {"container_id": uuid.uuid4().hex * 2, "netns": netns, "ifname": "net1"}
+    added = invoke(plugin, "ADD", conf, **how)
+    assert added.rc == 0, added
+    assert added.json["ips"][0]["address"].startswith("198.18.43.")
+    deleted = invoke(plugin, "DEL", conf, **how)
+    assert deleted.rc == 0 and not list(host.cni_spool_dir.glob("*.json")), deleted

@@ -3,8 +3,11 @@ namespaces joined by an underlay bridge), a real control plane, real `voile-agen
 
 What is real: etcd + kube-apiserver with Voile's CRDs, ovsdb-server + ovs-vswitchd (userspace
 datapath) per host, the agent binary, the kernel's veths and namespaces, ping/iperf3/tcpdump.
-What is not: the operator. The tests act as the operator by writing the status fields it owns
-(server-side apply, field manager ``voile-operator``), so that the agent is tested alone.
+What is not: the operator, in most modules. Those tests act as the operator by writing the status
+fields it owns (server-side apply, field manager ``voile-operator``), so that the agent is tested
+alone. Modules that need the whole attach path (the CNI plugin) run the real `voile-operator`
+(``OperatorProcess``) against a control plane of their own (``own_plane``), so that it never
+allocates the objects of the modules that play its part.
 
 Every name carries a run id, so parallel sessions on one machine do not collide; every fixture
 removes what it made (processes, namespaces, links, files, API objects), also on failure.
@@ -36,6 +39,7 @@ from voile.crds import install_crds
 from voile.lab.host import Fabric, LoopbackForwarder, SimulatedHost, run_id
 
 AGENT = str(Path(sys.executable).with_name("voile-agent"))
+OPERATOR = str(Path(sys.executable).with_name("voile-operator"))
 AGENT_METRICS_PORT = 9464  # each agent listens inside its own host namespace
 TEST_NAMESPACE = "voile-functional"
 
@@ -57,9 +61,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
-@pytest.fixture(scope="session")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
-    cp = ControlPlane(tmp_path_factory.mktemp("controlplane"))
+@contextlib.contextmanager
+def _control_plane(directory: Path) -> Iterator[Endpoints]:
+    """A started control plane with the CRDs and the test namespaces; stopped afterwards."""
+    cp = ControlPlane(directory)
     try:
         endpoints = cp.start()
 
@@ -77,6 +82,63 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
         yield endpoints
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
+    with _control_plane(tmp_path_factory.mktemp("controlplane")) as endpoints:
+        yield endpoints
+
+
+@pytest.fixture(scope="module")
+def own_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoints]:
+    """A control plane of the module's own, for modules that run the real operator."""
+    with _control_plane(tmp_path_factory.mktemp("own-controlplane")) as endpoints:
+        yield endpoints
+
+
+class OperatorProcess:
+    """One real `voile-operator` (allocation of VNIs, addresses and MACs, finalizers)."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> OperatorProcess:
+        argv = [
+            OPERATOR,
+            "--kubeconfig", str(self.kubeconfig),
+            "--namespace", c.DEFAULT_NAMESPACE,
+            "--id", f"ft-{run_id()}",
+            "--metrics-port", "0",
+            "--agent-dead-after", "60",
+        ]  # fmt: skip
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)
+        return self
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """The operator stopped (SIGSTOP) meanwhile: nothing gets allocated."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
 
 
 class Operator:

@@ -1,33 +1,54 @@
-"""The agent's flow plan, pure: isolation, anti-spoofing, ARP answers, head-end replication,
-split horizon, and cookie-based diffs. No OVS here; tests/functional runs the same plan on OVS."""
+"""The OVS backend's rendering of the neutral plan into OpenFlow, pure: isolation,
+anti-spoofing, ARP answers, head-end replication, split horizon, and cookie-based diffs. Each test
+builds the plan with the real planner (planning.plan.host_plan) and renders it; no OVS here:
+tests/functional runs the same flows on OVS."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+from collections.abc import Sequence
 
 import pytest
 
 from voile.api.model import TargetKind
-from voile_agent.planning.flows import (
+from voile_agent.datapath.ovs.flows import (
     COOKIE_PREFIX,
     TABLE_ARP,
     TABLE_CLASSIFY,
     TABLE_L2,
     Flow,
-    PlumbedEndpoint,
     diff_flows,
     flow_cookie,
-    flows_for_port,
     is_voile_cookie,
-    plan_flows,
 )
-from voile_agent.planning.model import LocalEndpoint, RemoteEndpoint
+from voile_agent.datapath.ovs.flows import plan_flows as render
+from voile_agent.planning.model import Attachment, RemoteEndpoint
+from voile_agent.planning.plan import host_plan
 
 TUN = 1
+SELF = ipaddress.IPv4Address("198.18.0.1")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlumbedEndpoint:
+    endpoint: Attachment
+    ofport: int
+
+
+def plan_flows(
+    *,
+    tunnel_ofport: int | None,
+    local: Sequence[PlumbedEndpoint],
+    remote: Sequence[RemoteEndpoint],
+) -> list[Flow]:
+    plan = host_plan(vtep=SELF, segments={}, local=[p.endpoint for p in local], remote=remote)
+    ofports = {p.endpoint.port: p.ofport for p in local}
+    return render(plan, ofports=ofports, tunnel_ofport=tunnel_ofport)
 
 
 def local(uid: str, ip: str, mac: str, vni: int, ofport: int, net: str = "a") -> PlumbedEndpoint:
-    ep = LocalEndpoint(
+    ep = Attachment(
         uid=uid,
         namespace="default",
         name=uid,
@@ -40,6 +61,8 @@ def local(uid: str, ip: str, mac: str, vni: int, ofport: int, net: str = "a") ->
         gateway=None,
         kind=TargetKind.NETNS,
         interface="eth0",
+        port=f"vo-{uid}",
+        peer=f"vi-{uid}",
         netns_path="/run/netns/x",
     )
     return PlumbedEndpoint(endpoint=ep, ofport=ofport)
@@ -170,6 +193,13 @@ def test_flood_replicates_to_local_ports_and_only_the_vteps_of_the_network() -> 
     assert from_tun.actions == "output:2,output:4"
 
 
+def test_a_port_without_an_openflow_number_gets_no_flows() -> None:
+    plan = host_plan(vtep=SELF, segments={}, local=[A1.endpoint, B1.endpoint], remote=[A2])
+    flows = render(plan, ofports={A1.endpoint.port: 2}, tunnel_ofport=TUN)
+    assert not [f for f in flows if "reg0=200" in f.text or B1.endpoint.mac in f.text]
+    assert find(flows, TABLE_L2, f"dl_dst={A1.endpoint.mac}")
+
+
 def test_remote_endpoints_of_networks_absent_here_are_ignored() -> None:
     stranger = remote("z", "198.19.9.9", "0a:58:c6:13:09:09", 999, "198.18.0.7", "z")
     flows = plan_flows(tunnel_ofport=TUN, local=[A1], remote=[A2, stranger])
@@ -189,13 +219,6 @@ def test_empty_host_keeps_only_the_default_drops() -> None:
         "table=10,priority=0,actions=goto_table:20",
         "table=20,priority=0,actions=drop",
     ]
-
-
-def test_flows_for_port_finds_in_and_out_references() -> None:
-    flows = plan()
-    mine = flows_for_port(flows, 2)
-    assert mine and all("in_port=2," in f.text or "output:2" in f.actions for f in mine)
-    assert not flows_for_port(flows, 77)
 
 
 # -- diffs -------------------------------------------------------------------------------------
@@ -251,8 +274,8 @@ def test_changed_port_number_changes_exactly_the_flows_that_name_it() -> None:
 
 
 def test_flows_changed_in_place_are_replaced_atomically() -> None:
-    from voile_agent.appliers.openflow import diff_cookies
-    from voile_agent.planning.flows import Flow, FlowDiff, diff_flows, with_repairs
+    from voile_agent.datapath.ovs.flows import FlowDiff, with_repairs
+    from voile_agent.datapath.ovs.openflow import diff_cookies
 
     a = Flow(table=0, priority=100, match="in_port=1", actions="drop")
     b = Flow(table=20, priority=10, match="reg0=0x1,dl_dst=0a:58:c6:12:01:01", actions="output:1")

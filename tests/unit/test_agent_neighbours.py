@@ -7,10 +7,9 @@ import ipaddress
 
 import pytest
 
-from voile_agent.appliers.appctl import parse_neigh_show
-from voile_agent.appliers.netlink import arp_request
-from voile_agent.planning.model import NextHop
-from voile_agent.planning.state import unresolved_next_hops
+from voile_agent.datapath.ovs.appctl import parse_neigh_show
+from voile_agent.datapath.ovs.neighbours import unresolved_next_hops
+from voile_agent.host.netlink import NextHop, arp_request
 
 IP = ipaddress.IPv4Address
 

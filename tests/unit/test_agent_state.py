@@ -8,19 +8,22 @@ from typing import Any
 
 import pytest
 
+from voile.api import conditions, naming
 from voile.api import constants as c
-from voile.api.model import TargetKind
-from voile_agent.planning import naming, state
-from voile_agent.planning.model import (
+from voile.api.model import Endpoint, TargetKind
+from voile_agent.datapath.ovs.model import (
     OWNER_KEY,
     OWNER_VALUE,
-    NetworkInfo,
-    ObservedPort,
+    BridgePort,
     PortKind,
+    endpoint_ids,
+    port_kind,
 )
+from voile_agent.planning import state
+from voile_agent.planning.model import Attachment, Segment
 
-NET = NetworkInfo(
-    name="blue",
+NET = Segment(
+    network="blue",
     vni=4242,
     mtu=1450,
     cidr=ipaddress.IPv4Network("198.19.0.0/24"),
@@ -28,7 +31,7 @@ NET = NetworkInfo(
 )
 
 
-def endpoint(
+def raw_endpoint(
     *,
     name: str = "e1",
     uid: str = "uid-1",
@@ -55,6 +58,18 @@ def endpoint(
         },
         "status": status or {},
     }
+
+
+def endpoint(**kwargs: Any) -> Endpoint:
+    ep = state.parse(raw_endpoint(**kwargs))
+    assert ep is not None
+    return ep
+
+
+def attachment(**kwargs: Any) -> Attachment:
+    att = state.attachment(endpoint(**kwargs), {})
+    assert isinstance(att, Attachment), att
+    return att
 
 
 ALLOCATED = {
@@ -85,10 +100,10 @@ def network(status: dict[str, Any] | None, spec: dict[str, Any] | None = None) -
     ],
     ids=["unsettled", "default-mtu", "operator-mtu", "spec-mtu"],
 )
-def test_network_info_needs_a_settled_vni(
+def test_segment_needs_a_settled_vni(
     status: dict[str, Any], spec: dict[str, Any] | None, vni: int | None, mtu: int | None
 ) -> None:
-    info = state.network_info(network(status, spec))
+    info = state.segment(network(status, spec))
     if vni is None:
         assert info is None
     else:
@@ -96,18 +111,18 @@ def test_network_info_needs_a_settled_vni(
 
 
 def test_allocated_local_endpoint_is_parsed_with_lowercase_mac() -> None:
-    ep = state.local_endpoint(endpoint(status=ALLOCATED), {})
-    assert not isinstance(ep, state.Waiting)
+    ep = attachment(status=ALLOCATED)
     assert ep.mac == "0a:58:c6:13:00:05" and ep.ip == ipaddress.IPv4Address("198.19.0.5")
     assert (ep.vni, ep.mtu, ep.prefix_length) == (4242, 1400, 24)
     assert ep.kind == TargetKind.NETNS and ep.interface == "eth1" and ep.gateway is None
     assert ep.key == "default/e1"
+    assert ep.port == naming.port_name("uid-1") and ep.peer == naming.peer_name("uid-1")
 
 
 def test_network_fills_vni_mtu_and_gateway_when_the_endpoint_status_lacks_them() -> None:
     status = {k: v for k, v in ALLOCATED.items() if k not in ("vni", "mtu")}
-    ep = state.local_endpoint(endpoint(status=status), {"blue": NET})
-    assert not isinstance(ep, state.Waiting)
+    ep = state.attachment(endpoint(status=status), {"blue": NET})
+    assert isinstance(ep, Attachment)
     assert (ep.vni, ep.mtu, ep.gateway) == (4242, 1450, NET.gateway)
 
 
@@ -122,17 +137,16 @@ def test_network_fills_vni_mtu_and_gateway_when_the_endpoint_status_lacks_them()
     ],
 )
 def test_unallocated_endpoints_wait_with_a_reason(status: dict[str, Any], missing: str) -> None:
-    result = state.local_endpoint(endpoint(status=status), {})
+    result = state.attachment(endpoint(status=status), {})
     assert isinstance(result, state.Waiting)
     assert result.reason == c.Reason.WAITING_FOR_ALLOCATION.value
     assert missing in result.message
 
 
-def test_invalid_spec_waits_as_invalid() -> None:
-    obj = endpoint(status=ALLOCATED)
+def test_an_endpoint_that_breaks_the_schema_is_not_parsed() -> None:
+    obj = raw_endpoint(status=ALLOCATED)
     obj["spec"]["target"] = {"netns": {"path": "relative"}}
-    result = state.local_endpoint(obj, {})
-    assert isinstance(result, state.Waiting) and result.reason == c.Reason.INVALID_SPEC.value
+    assert state.parse(obj) is None
 
 
 @pytest.mark.parametrize(
@@ -146,7 +160,7 @@ def test_invalid_spec_waits_as_invalid() -> None:
     ],
     ids=["ready", "no-vtep", "local", "deleting", "bad-vtep"],
 )
-def test_remote_endpoints_need_ip_mac_vtep_and_life(obj: dict[str, Any], usable: bool) -> None:
+def test_remote_endpoints_need_ip_mac_vtep_and_life(obj: Endpoint, usable: bool) -> None:
     r = state.remote_endpoint(obj, {}, node="host-1")
     assert (r is not None) == usable
     if r is not None:
@@ -174,95 +188,88 @@ def test_port_names_are_deterministic_short_and_distinct() -> None:
     names = {naming.port_name(f"uid-{i}") for i in range(2000)}
     assert len(names) == 2000
     for name in names:
-        assert len(name) <= naming.IFNAMSIZ and naming.is_agent_link_name(name)
+        assert len(name) == 13 <= naming.IFNAMSIZ and name.startswith(naming.PORT_PREFIX)
+        assert all(ch in "0123456789abcdef" for ch in name[2:])
     assert naming.port_name("x") == naming.port_name("x")
-    assert naming.peer_name("x") != naming.port_name("x")
-    assert not naming.is_agent_link_name("eth0")
-    assert not naming.is_agent_link_name("vozzzzzzzzzzz")
+    assert len({naming.peer_name("x"), naming.port_name("x"), naming.handoff_name("x")}) == 3
 
 
-def test_desired_port_kinds_and_external_ids() -> None:
-    ep = state.local_endpoint(endpoint(status=ALLOCATED), {})
-    assert not isinstance(ep, state.Waiting)
-    port = state.desired_port(ep)
-    assert port.kind == PortKind.VETH and port.name == naming.port_name("uid-1")
-    ids = port.external_ids()
+def test_port_kinds_and_external_ids() -> None:
+    ep = attachment(status=ALLOCATED)
+    assert port_kind(ep) == PortKind.VETH and ep.port == naming.port_name("uid-1")
+    ids = endpoint_ids(ep)
     assert ids[OWNER_KEY] == OWNER_VALUE and ids["voile.dev/endpoint"] == "default/e1"
     assert ids["iface-id"] == "uid-1" and ids["attached-mac"] == ep.mac
-    host = state.local_endpoint(
-        endpoint(status=ALLOCATED, target={"host": {"interface": "vhost0"}}), {}
-    )
-    assert not isinstance(host, state.Waiting)
-    assert state.desired_port(host).kind == PortKind.INTERNAL
-    assert state.desired_port(host).name == "vhost0"
-    parsed = state.parse(endpoint(target={"host": {"interface": "vhost0"}}))
-    assert parsed is not None and state.desired_port_name(parsed) == "vhost0"
+    host = attachment(status=ALLOCATED, target={"host": {"interface": "vhost0"}})
+    assert port_kind(host) == PortKind.INTERNAL
+    assert host.port == "vhost0" and host.interface == "vhost0"
+    parsed = endpoint(target={"host": {"interface": "vhost0"}})
+    assert naming.interfaces(parsed)[0] == "vhost0"
 
 
-def _observed(
-    name: str, uid: str | None, owned: bool = True, role: str = "endpoint"
-) -> ObservedPort:
-    ids = {"voile.dev/role": role}
-    if owned:
-        ids[OWNER_KEY] = OWNER_VALUE
-    if uid:
-        ids["voile.dev/endpoint-uid"] = uid
-    return ObservedPort(name=name, ofport=5, external_ids=tuple(sorted(ids.items())))
+def test_handoff_attachments_leave_a_named_end_for_the_runtime() -> None:
+    derived = attachment(status=ALLOCATED, target={"handoff": {}})
+    assert derived.kind == TargetKind.HANDOFF and port_kind(derived) == PortKind.VETH
+    assert derived.interface == naming.handoff_name("uid-1") != derived.port
+    assert len(derived.interface) <= naming.IFNAMSIZ
+    named = attachment(status=ALLOCATED, target={"handoff": {"interface": "dk0"}})
+    assert named.interface == "dk0" and named.netns_path is None
 
 
-def test_stale_ports_are_only_owned_endpoint_ports_nobody_wants() -> None:
-    ep = state.local_endpoint(endpoint(status=ALLOCATED), {})
-    assert not isinstance(ep, state.Waiting)
-    wanted = [state.desired_port(ep)]
-    observed = [
-        _observed(wanted[0].name, "uid-1"),  # wanted
-        _observed("vo00000000000", "gone"),  # stale
-        _observed("foreign", None, owned=False),  # not ours
-        _observed("vxlan-voile", None, role="tunnel"),  # ours, not an endpoint port
-        _observed(wanted[0].name + "x", "uid-1"),  # right uid, wrong name: stale
+def test_stale_ports_are_those_nobody_wants() -> None:
+    ep = attachment(status=ALLOCATED)
+    present = [
+        (ep.port, "uid-1"),  # wanted
+        ("vo00000000000", "gone"),  # stale
+        (ep.port + "x", "uid-1"),  # right uid, wrong name: stale
+        (ep.port, "uid-old"),  # right name, another incarnation: stale
     ]
-    assert state.stale_ports(observed, wanted) == sorted(["vo00000000000", wanted[0].name + "x"])
+    assert state.stale_ports(present, [ep]) == sorted(["vo00000000000", ep.port + "x", ep.port])
+    assert state.stale_ports(present[:1], [ep]) == []
+
+
+def test_ovs_bridge_ports_know_their_owner_and_role() -> None:
+    ids = {"voile.dev/role": "endpoint", OWNER_KEY: OWNER_VALUE, "voile.dev/endpoint-uid": "u"}
+    mine = BridgePort(name="vo1", ofport=5, external_ids=tuple(sorted(ids.items())))
+    assert mine.owned and mine.role == "endpoint" and mine.endpoint_uid == "u"
+    foreign = BridgePort(name="eth9", ofport=6)
+    assert not foreign.owned and foreign.role is None and foreign.endpoint_uid is None
 
 
 def test_ready_condition_keeps_transition_time_while_status_holds() -> None:
-    cond = state.ready(c.Reason.READY.value, "plumbed")
-    assert cond.status == "True"
-    same = cond.as_api(
-        now="T2", previous={"status": "True", "lastTransitionTime": "T1"}, generation=3
+    cond = state.ready(c.Reason.READY.value, "plumbed", 3)
+    assert cond.status == c.ConditionStatus.TRUE
+    held = conditions.parse_condition(
+        {"type": "Ready", "status": "True", "lastTransitionTime": "T1"}
     )
+    same = cond.to_api(now="T2", previous=held)
     assert same["lastTransitionTime"] == "T1" and same["observedGeneration"] == 3
-    flipped = cond.as_api(
-        now="T2", previous={"status": "False", "lastTransitionTime": "T1"}, generation=3
-    )
+    flipped = cond.to_api(now="T2", previous=state.ready(c.Reason.PENDING.value, "x", 3))
     assert flipped["lastTransitionTime"] == "T2"
     bad = state.ready(c.Reason.NAMESPACE_NOT_FOUND.value, "gone")
-    assert bad.status == "False" and bad.reason == "NamespaceNotFound"
+    assert bad.status == c.ConditionStatus.FALSE and bad.reason == "NamespaceNotFound"
 
 
 def test_status_is_current_only_when_vtep_and_condition_match() -> None:
-    cond = state.ready(c.Reason.READY.value, "plumbed")
-    obj = endpoint(
-        status={
-            "vtep": "198.18.0.1",
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "Ready",
-                    "message": "plumbed",
-                    "observedGeneration": 1,
-                }
-            ],
-        }
-    )
-    assert state.status_is_current(obj, vtep="198.18.0.1", cond=cond)
-    assert not state.status_is_current(obj, vtep="198.18.0.2", cond=cond)
+    cond = state.ready(c.Reason.READY.value, "plumbed", 1)
+    status = {
+        "vtep": "198.18.0.1",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Ready",
+                "message": "plumbed",
+                "observedGeneration": 1,
+            }
+        ],
+    }
+    ep = endpoint(status=status)
+    assert state.status_is_current(ep, vtep="198.18.0.1", cond=cond)
+    assert not state.status_is_current(ep, vtep="198.18.0.2", cond=cond)
     assert not state.status_is_current(
-        obj, vtep="198.18.0.1", cond=state.ready("PlumbingFailed", "x")
+        ep, vtep="198.18.0.1", cond=state.ready("PlumbingFailed", "x", 1)
     )
-    obj["metadata"]["generation"] = 2
-    assert not state.status_is_current(obj, vtep="198.18.0.1", cond=cond)
-
-
-def test_without_finalizer_keeps_the_others() -> None:
-    assert state.without_finalizer(["a", c.AGENT_FINALIZER, "b"], c.AGENT_FINALIZER) == ["a", "b"]
+    assert not state.status_is_current(
+        ep, vtep="198.18.0.1", cond=state.ready(c.Reason.READY.value, "plumbed", 2)
+    )

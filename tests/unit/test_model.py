@@ -7,6 +7,7 @@ tests/e2e/test_crds.py feeds to the real API server, so both judges are held to 
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 from typing import Any
 
@@ -200,13 +201,48 @@ def test_endpoint_update_with_the_same_spec_is_allowed() -> None:
 # -- the examples ---------------------------------------------------------------------------------
 
 
-def _example_objects() -> list[tuple[str, dict[str, Any]]]:
+def _example_objects(*, voile: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """Voile's objects of the examples (or, with ``voile=False``, the others: Multus's
+    NetworkAttachmentDefinition and the Pod that selects it)."""
     found: list[tuple[str, dict[str, Any]]] = []
     for path in sorted(EXAMPLES.glob("*/*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
+            if doc and doc["apiVersion"].startswith(f"{c.GROUP}/") == voile:
                 found.append((f"{path.parent.name}/{path.name}:{doc['metadata']['name']}", doc))
     return found
+
+
+def test_the_multus_example_delegates_to_voile_on_an_example_network() -> None:
+    others = dict(_example_objects(voile=False))
+    networks = {
+        o["metadata"]["name"] for _, o in _example_objects() if o["kind"] == "OverlayNetwork"
+    }
+    nads = [o for o in others.values() if o["kind"] == "NetworkAttachmentDefinition"]
+    assert nads
+    for nad in nads:
+        conf = json.loads(nad["spec"]["config"])
+        assert conf["type"] == "voile" and conf["network"] in networks
+        assert conf["capabilities"] == {"ips": True, "mac": True}
+    multus = [
+        o
+        for o in others.values()
+        if o["kind"] == "Pod"
+        and "k8s.v1.cni.cncf.io/networks" in (o["metadata"].get("annotations") or {})
+    ]
+    assert multus
+    for pod in multus:
+        selected = json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"])
+        assert {s["name"] for s in selected} <= {n["metadata"]["name"] for n in nads}
+
+
+def test_example_pods_choose_example_networks() -> None:
+    """A Pod's voile.dev/network names a network of the examples (examples/06-pods)."""
+    networks = {
+        o["metadata"]["name"] for _, o in _example_objects() if o["kind"] == "OverlayNetwork"
+    }
+    pods = [o for _, o in _example_objects(voile=False) if o["kind"] == "Pod"]
+    chosen = [(o["metadata"].get("annotations") or {}).get(c.ANNOTATION_POD_NETWORK) for o in pods]
+    assert [n for n in chosen if n] and {n for n in chosen if n} <= networks
 
 
 @pytest.mark.parametrize(("where", "obj"), _example_objects(), ids=lambda v: str(v)[:60])

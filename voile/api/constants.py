@@ -29,12 +29,27 @@ LABEL_ENDPOINT_UID = f"{GROUP}/endpoint-uid"
 LABEL_ENDPOINT_NAMESPACE = f"{GROUP}/endpoint-namespace"
 LABEL_ENDPOINT_NAME = f"{GROUP}/endpoint-name"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+# Endpoints made through an agent's local attach API (CNI, Docker, the lab): who owns them.
+LABEL_OWNER_KIND = f"{GROUP}/owner-kind"  # cni | docker | lab | api
+LABEL_OWNER = f"{GROUP}/owner"  # a hash of the owner id (ids can exceed 63 characters)
+LABEL_POD_NAMESPACE = f"{GROUP}/pod-namespace"
+LABEL_POD_NAME = f"{GROUP}/pod-name"
+ANNOTATION_OWNER_ID = f"{GROUP}/owner-id"  # the full owner id (a container id)
+ANNOTATION_INTERFACE = f"{GROUP}/interface"  # the runtime's interface name (CNI_IFNAME)
+# Endpoints of Docker containers: the Docker endpoint and network they were created for.
+ANNOTATION_DOCKER_ENDPOINT = f"{GROUP}/docker-endpoint"
+ANNOTATION_DOCKER_NETWORK = f"{GROUP}/docker-network"
+# On a Pod: the OverlayNetwork its primary interface joins, when the node's conflist lets Pods
+# choose (podNetworkAnnotation; docs/cni.md). Read by the agent, never by the CNI plugin.
+ANNOTATION_POD_NETWORK = f"{GROUP}/network"
 MANAGED_BY = "voile"
 
 # Agent heartbeats: one coordination.k8s.io Lease per host in the Voile namespace.
 DEFAULT_NAMESPACE = "voile-system"
 AGENT_LEASE_PREFIX = "voile-agent-"
 ANNOTATION_VTEP = f"{GROUP}/vtep"
+ANNOTATION_DATAPATH = f"{GROUP}/datapath"  # the agent's datapath backend: ovs | ebpf | null
+ANNOTATION_PROBES = f"{GROUP}/probes"  # the agent's data-path probe report (JSON)
 OPERATOR_LEASE = "voile-operator"
 
 # Data path constants.
@@ -84,3 +99,4 @@ class Reason(str, enum.Enum):
     PLUMBING_FAILED = "PlumbingFailed"
     WAITING_FOR_ALLOCATION = "WaitingForAllocation"
     AGENT_GONE = "AgentGone"
+    DATAPATH_UNAVAILABLE = "DatapathUnavailable"

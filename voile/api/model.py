@@ -21,11 +21,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from voile.api import constants as c
+from voile.api.conditions import Condition, parse_conditions
 from voile.errors import ValidationError
 
 # The same shapes and bounds as the OpenAPI patterns and max lengths in crds/*.yaml.
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _IFNAME = re.compile(r"[a-zA-Z0-9_.-]{1,15}")
 _IPV4_SHAPE = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")
@@ -78,6 +79,14 @@ def parse_cidr(value: object, field: str) -> ipaddress.IPv4Network:
     if network.prefixlen > 30:
         raise ValidationError(field, f"{value} leaves no usable address; use a /30 or larger")
     return network
+
+
+def overlay_mtu(spec_mtu: int | None, underlay_mtu: int = c.DEFAULT_UNDERLAY_MTU) -> int:
+    """The MTU of a network's interfaces: the user's (spec.mtu), or the underlay's minus the
+    VXLAN-over-IPv4 overhead. The one MTU rule of Voile (operator, agent and plugins)."""
+    if spec_mtu is not None:
+        return spec_mtu
+    return underlay_mtu - c.VXLAN_OVERHEAD_IPV4
 
 
 def mac_for(ip: ipaddress.IPv4Address) -> str:
@@ -200,7 +209,7 @@ def parse_overlay_network(obj: Raw) -> OverlayNetwork:
     """metadata.name is a DNS label: it becomes a label value and part of claim names."""
     meta = obj.get("metadata") or {}
     name = str(meta.get("name", ""))
-    if not _DNS_LABEL.fullmatch(name):
+    if not DNS_LABEL.fullmatch(name):
         raise ValidationError("metadata.name", f"{name!r} must be a DNS label of at most 63 chars")
     if obj.get("spec") is None:
         raise ValidationError("spec", "is required")
@@ -221,7 +230,11 @@ def parse_overlay_network(obj: Raw) -> OverlayNetwork:
 
 class TargetKind(str, enum.Enum):
     NETNS = "netns"  # a veth pair; the inner end moves into a network namespace
-    HOST = "host"  # an OVS internal port in the host's own namespace
+    HOST = "host"  # an interface in the host's own namespace
+    HANDOFF = "handoff"  # a veth pair whose inner end a runtime moves (Docker's libnetwork)
+
+
+TARGET_KINDS = tuple(kind.value for kind in TargetKind)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -242,9 +255,22 @@ class EndpointSpec:
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class EndpointStatus:
+    """What the operator (ip .. mtu, Allocated) and the agent (vtep, Ready) reported."""
+
     ip: ipaddress.IPv4Address | None = None
     mac: str | None = None
+    prefix_length: int | None = None
+    gateway: ipaddress.IPv4Address | None = None
+    vni: int | None = None
+    mtu: int | None = None
     vtep: ipaddress.IPv4Address | None = None
+    conditions: tuple[Condition, ...] = ()
+
+    def condition(self, kind: c.ConditionType) -> Condition | None:
+        for cond in self.conditions:
+            if cond.type == kind.value:
+                return cond
+        return None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -257,6 +283,9 @@ class Endpoint:
     status: EndpointStatus
     deleting: bool = False
     finalizers: tuple[str, ...] = ()
+    resource_version: str = ""
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -268,36 +297,39 @@ _ENDPOINT_SPEC_FIELDS = frozenset({"network", "node", "ip", "mac", "target"})
 
 def parse_target(raw: object) -> Target:
     if raw is None:
-        raise ValidationError("spec.target", "is required: give netns {path, interface} or host {}")
+        raise ValidationError(
+            "spec.target", "is required: give netns {path, interface}, host {} or handoff {}"
+        )
     if not isinstance(raw, Mapping):
-        raise ValidationError("spec.target", "must be an object with netns or host")
-    _no_unknown(raw, frozenset({"netns", "host"}), "spec.target")
-    has_netns, has_host = raw.get("netns") is not None, raw.get("host") is not None
-    if has_netns == has_host:
-        raise ValidationError("spec.target", "give exactly one of netns or host")
-    if has_netns:
-        netns = raw["netns"]
-        if not isinstance(netns, Mapping):
-            raise ValidationError("spec.target.netns", "must be an object {path, interface}")
-        _no_unknown(netns, frozenset({"path", "interface"}), "spec.target.netns")
-        path = netns.get("path")
+        raise ValidationError("spec.target", "must be an object with netns, host or handoff")
+    _no_unknown(raw, frozenset(TARGET_KINDS), "spec.target")
+    given = [kind for kind in TargetKind if raw.get(kind.value) is not None]
+    if len(given) != 1:
+        raise ValidationError("spec.target", "give exactly one of netns, host or handoff")
+    kind = given[0]
+    body = raw[kind.value]
+    where = f"spec.target.{kind.value}"
+    if kind == TargetKind.NETNS:
+        if not isinstance(body, Mapping):
+            raise ValidationError(where, "must be an object {path, interface}")
+        _no_unknown(body, frozenset({"path", "interface"}), where)
+        path = body.get("path")
         if path is None:
-            raise ValidationError("spec.target.netns.path", "is required")
+            raise ValidationError(f"{where}.path", "is required")
         if (
             not isinstance(path, str)
             or not 2 <= len(path) <= MAX_NETNS_PATH
             or not path.startswith("/")
             or "/../" in f"{path}/"
         ):
-            raise ValidationError("spec.target.netns.path", "must be an absolute path without ..")
-        interface = _interface(netns.get("interface"), "spec.target.netns.interface")
-        return Target(kind=TargetKind.NETNS, interface=interface, netns_path=path)
-    host = raw["host"]
-    if not isinstance(host, Mapping):
-        raise ValidationError("spec.target.host", "must be an object")
-    _no_unknown(host, frozenset({"interface"}), "spec.target.host")
-    interface = _interface(host.get("interface"), "spec.target.host.interface", default="")
-    return Target(kind=TargetKind.HOST, interface=interface)
+            raise ValidationError(f"{where}.path", "must be an absolute path without ..")
+        interface = _interface(body.get("interface"), f"{where}.interface")
+        return Target(kind=kind, interface=interface, netns_path=path)
+    if not isinstance(body, Mapping):
+        raise ValidationError(where, "must be an object")
+    _no_unknown(body, frozenset({"interface"}), where)
+    interface = _interface(body.get("interface"), f"{where}.interface", default="")
+    return Target(kind=kind, interface=interface)
 
 
 def parse_endpoint_spec(spec: Raw) -> EndpointSpec:
@@ -308,12 +340,12 @@ def parse_endpoint_spec(spec: Raw) -> EndpointSpec:
     network = spec.get("network")
     if network is None:
         raise ValidationError("spec.network", "is required")
-    if not isinstance(network, str) or not _DNS_LABEL.fullmatch(network):
+    if not isinstance(network, str) or not DNS_LABEL.fullmatch(network):
         raise ValidationError("spec.network", f"{network!r} must name an OverlayNetwork")
     node = spec.get("node")
     if node is None:
         raise ValidationError("spec.node", "is required")
-    if not isinstance(node, str) or len(node) > MAX_NODE_NAME or not _DNS_SUBDOMAIN.fullmatch(node):
+    if not isinstance(node, str) or len(node) > MAX_NODE_NAME or not DNS_SUBDOMAIN.fullmatch(node):
         raise ValidationError("spec.node", f"{node!r} must be a host (node) name")
     ip = parse_ipv4(spec["ip"], "spec.ip") if spec.get("ip") is not None else None
     mac = parse_mac(spec["mac"], "spec.mac") if spec.get("mac") is not None else None
@@ -333,13 +365,34 @@ def parse_endpoint(obj: Raw) -> Endpoint:
         uid=str(meta.get("uid", "")),
         generation=int(meta.get("generation", 0) or 0),
         spec=parse_endpoint_spec(obj["spec"]),
-        status=EndpointStatus(
-            ip=_lenient_ip(status.get("ip")),
-            mac=status.get("mac") if isinstance(status.get("mac"), str) else None,
-            vtep=_lenient_ip(status.get("vtep")),
-        ),
+        status=parse_endpoint_status(status),
         deleting=bool(meta.get("deletionTimestamp")),
         finalizers=tuple(meta.get("finalizers") or ()),
+        resource_version=str(meta.get("resourceVersion") or ""),
+        labels=_string_map(meta.get("labels")),
+        annotations=_string_map(meta.get("annotations")),
+    )
+
+
+def parse_endpoint_status(status: Raw) -> EndpointStatus:
+    """Status as the operator and the agent wrote it. Lenient: a field that is not what it
+    should be reads as absent, so one bad write cannot wedge every reader."""
+    if not isinstance(status, Mapping):
+        return EndpointStatus()
+    mac = status.get("mac")
+    try:
+        mac = parse_mac(mac, "status.mac") if mac is not None else None
+    except ValidationError:
+        mac = None
+    return EndpointStatus(
+        ip=_lenient_ip(status.get("ip")),
+        mac=mac,
+        prefix_length=_lenient_int(status.get("prefixLength")),
+        gateway=_lenient_ip(status.get("gateway")),
+        vni=_lenient_int(status.get("vni")),
+        mtu=_lenient_int(status.get("mtu")),
+        vtep=_lenient_ip(status.get("vtep")),
+        conditions=parse_conditions(status.get("conditions")),
     )
 
 
@@ -402,6 +455,16 @@ def _interface(value: object, field: str, default: str = c.DEFAULT_INTERFACE) ->
     if not isinstance(value, str) or not _IFNAME.fullmatch(value) or value in (".", ".."):
         raise ValidationError(field, f"{value!r} is not an interface name (1-15 chars)")
     return value
+
+
+def _string_map(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _lenient_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _lenient_ip(value: object) -> ipaddress.IPv4Address | None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from voile.errors import LabError
 from voile.netns import inside_netns
+from voile.processes import alive
 
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
@@ -86,9 +87,7 @@ def _kill_pidfile(pidfile: Path, timeout: float = 5.0) -> None:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not alive(pid):
             return
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
@@ -182,6 +181,27 @@ class SimulatedHost:
     def netns_path(self) -> str:
         return str(NETNS_DIR / self.namespace)
 
+    @property
+    def attach_socket(self) -> Path:
+        """This host's agent's local attach API (each simulated host has its own)."""
+        return self.directory / "agent.sock"
+
+    @property
+    def docker_plugin_socket(self) -> Path:
+        """This host's agent's Docker driver, in the directory the host's dockerd reads as
+        /run/docker/plugins (voile.lab.docker)."""
+        return self.directory / "docker" / "plugins" / "voile.sock"
+
+    @property
+    def state_dir(self) -> Path:
+        """Where this host's agent keeps what must survive its restart."""
+        return self.directory / "state"
+
+    @property
+    def cni_spool_dir(self) -> Path:
+        """Where this host's CNI plugin records a DEL its agent did not answer."""
+        return self.directory / "cni-pending"
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> SimulatedHost:
@@ -231,12 +251,13 @@ class SimulatedHost:
         return self
 
     def _alive(self, daemon: str) -> bool:
+        """The daemon of the pid file runs. A killed daemon stays a zombie until an init that
+        reaps late gets to it: that is not running (else it would never be started again)."""
         try:
             pid = int((self.directory / f"{daemon}.pid").read_text().strip())
-            os.kill(pid, 0)
         except (OSError, ValueError):
             return False
-        return True
+        return alive(pid)
 
     def _start_ovs(self) -> None:
         d = self.directory
@@ -296,14 +317,23 @@ class SimulatedHost:
             "ip", "netns", "exec", self.namespace, *cmd, check=check, timeout=timeout, env=self.env
         )
 
-    def agent_command(self, node: str, kubeconfig: Path | str, *extra: str) -> list[str]:
+    def agent_command(
+        self, node: str, kubeconfig: Path | str, *extra: str, mount_namespace: str | None = None
+    ) -> list[str]:
         """``voile-agent run`` for this host, as it runs here: inside the host's namespace, on
         this host's Open vSwitch, with the netdev datapath taking over the underlay ``eth0``
         (the VTEP is read from it). The one place the lab, the tests and the benchmarks take
-        the agent's command line from."""
+        the agent's command line from. ``mount_namespace``: run it in that mount namespace (a
+        Kubernetes node's, voile.lab.node, whose sandboxes' namespaces it must see) instead of
+        the private one ``ip netns exec`` makes."""
         agent = Path(sys.executable).with_name("voile-agent")
+        enter = (
+            ["nsenter", f"--mount={mount_namespace}", f"--net={self.netns_path}"]
+            if mount_namespace
+            else ["ip", "netns", "exec", self.namespace]
+        )
         return [
-            "ip", "netns", "exec", self.namespace,
+            *enter,
             str(agent) if agent.exists() else "voile-agent", "run",
             "--node", node,
             "--vtep-interface", self.underlay_interface,
@@ -312,6 +342,10 @@ class SimulatedHost:
             "--ovsdb", self.ovsdb,
             "--ovs-rundir", str(self.directory),
             "--kubeconfig", str(kubeconfig),
+            "--attach-socket", str(self.attach_socket),
+            "--docker-plugin-socket", str(self.docker_plugin_socket),
+            "--state-dir", str(self.state_dir),
+            "--cni-spool-dir", str(self.cni_spool_dir),
             *extra,
         ]  # fmt: skip
 

@@ -29,16 +29,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from voile import kube
+from voile import attach, kube
 from voile.api import constants as c
+from voile.api.attach import AttachmentRef, AttachRequest, Owner, OwnerKind
+from voile.api.model import Target, TargetKind, parse_ipv4
 from voile.controlplane import ControlPlane, default_state_dir
 from voile.crds import install_crds
 from voile.errors import LabError
+from voile.kubectl_voile import render_status
+from voile.lab import cni
+from voile.lab.docker import HostDocker, run_cli
 from voile.lab.host import Fabric, SimulatedHost, add_netns, del_netns, netns_exists, sh
+from voile.lab.node import KubeNode, ensure_node_rbac, wait_all
+from voile.lab.podman import Podman
 from voile.processes import alive, terminate
 
 RUN_ID = "lab"
 ATTACH_NAMESPACE = "default"
+# The network of a Pod without the annotation voile.dev/network: the first example's.
+DEFAULT_POD_NETWORK = "blue"
+NODE_CNI_NETWORK = "voile"  # the conflist's name (libcni keys its cache by it)
 
 
 def lab_dir() -> Path:
@@ -117,14 +127,25 @@ class Lab:
 
     # -- up ------------------------------------------------------------------------------------
 
-    def up(self, hosts: int = 3) -> Path:
-        """Start (or complete) the lab with hosts host-1..host-N. Idempotent."""
+    def up(self, hosts: int = 3, *, nodes: bool = False, pod_network: str | None = None) -> Path:
+        """Start (or complete) the lab with hosts host-1..host-N. Idempotent. ``nodes``: each
+        host is also a Kubernetes node (containerd + kubelet, voile.lab.node) whose Pods get
+        ``pod_network`` unless their annotation voile.dev/network names another; a lab keeps
+        what its first ``up`` chose."""
         if not 1 <= hosts <= 50:
             raise LabError("--hosts must be between 1 and 50")
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces and Open vSwitch)")
         state = self._state()
+        saved = state.get("pod_network")
+        if pod_network and saved and pod_network != saved:
+            raise LabError(
+                f"this lab's Pods join {saved} by default; `voile lab down` to choose another"
+            )
+        newly_nodes = nodes and not state.get("nodes")
         state["run_id"], state["underlay_octet"] = self.run_id, self.underlay_octet
+        state["nodes"] = bool(state.get("nodes")) or nodes
+        state["pod_network"] = saved or pod_network or DEFAULT_POD_NETWORK
         self._save(state)
         _say(f"underlay: fabric namespace and bridge {self.underlay}")
         self.fabric.start()
@@ -144,23 +165,84 @@ class Lab:
                 f"{name}: namespace, underlay {self.underlay.network_address + index}, OVS daemons"
             )
             self.host(index).start()
+            if state["nodes"]:
+                self.node(index).prepare()  # the agent runs in the node's mount namespace
         self._ensure_process(
             state, "operator", self._operator_argv(), self.directory / "operator.log"
         )
         for name in names:
             index = int(name.split("-")[1])
             host = self.host(index)
-            self._ensure_process(
-                state,
-                f"agent/{name}",
-                self._agent_argv(host),
-                host.directory / "agent.log",
-            )
+            key = f"agent/{name}"
+            if newly_nodes and alive(int(state["pids"].get(key) or 0)):
+                # It runs in a mount namespace of its own: into the node's, to see its Pods.
+                self.restart(key)
+                state = self._state()
+                continue
+            self._ensure_process(state, key, self._agent_argv(host), host.directory / "agent.log")
         self._save(state)
         _say("waiting for the agents' heartbeats")
         asyncio.run(self._wait_agents(names, timeout=120))
+        if state["nodes"]:
+            self._start_nodes(names, state["pod_network"])
         _say(f"lab up: {len(names)} hosts; try `voile lab attach host-1 c1 --network <net>`")
         return endpoints.kubeconfig
+
+    # -- Kubernetes nodes ----------------------------------------------------------------------
+
+    def node(self, index: int) -> KubeNode:
+        """The Kubernetes node of ``host-<index>`` (not necessarily running)."""
+        return KubeNode(self.host(index), self.plane)
+
+    @property
+    def has_nodes(self) -> bool:
+        return bool(self._state().get("nodes"))
+
+    def node_cni(self, index: int, pod_network: str) -> dict[str, Any]:
+        """The conflist of host-<index>'s node: Voile's plugin through this host's agent."""
+        host = self.host(index)
+        return cni.conflist(
+            pod_network,
+            socket=host.attach_socket,
+            spool_dir=host.cni_spool_dir,
+            name=NODE_CNI_NETWORK,
+            pod_network_annotation=True,
+        )
+
+    def _start_nodes(self, names: Sequence[str], pod_network: str) -> None:
+        _say(f"Kubernetes nodes: containerd + kubelet on {', '.join(names)}")
+        asyncio.run(self._node_rbac())
+        indexes = [int(n.split("-")[1]) for n in names]
+        plugin = cni.plugin()
+
+        def start(index: int) -> KubeNode:
+            node = self.node(index)
+            node.set_cni(self.node_cni(index, pod_network), {cni.PLUGIN_TYPE: plugin})
+            node.start()
+            return node
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            started = list(pool.map(start, indexes))
+        wait_all(started, self.kubeconfig)
+        _say(f"nodes Ready; Pods without voile.dev/network join {pod_network}")
+
+    async def _node_rbac(self) -> None:
+        async with kube.KubeClient.from_config(str(self.kubeconfig)) as client:
+            await ensure_node_rbac(client)
+
+    def _stop_nodes(self, indexes: Sequence[int]) -> list[str]:
+        """Every node's processes, mounts and cgroups (its files go with the host's)."""
+        nodes = [self.node(i) for i in indexes if self.node(i).directory.exists()]
+        if nodes:
+            _say(f"stopping the Kubernetes nodes {', '.join(n.name for n in nodes)}")
+        errors = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            for node, done in [(n, pool.submit(n.stop)) for n in nodes]:
+                try:
+                    done.result()
+                except Exception as exc:  # the rest of down still runs; reported at its end
+                    errors.append(f"{node.name}: {exc}")
+        return errors
 
     def _root_leg(self) -> None:
         """A veth from the root namespace into the fabric: the API server's underlay address."""
@@ -224,11 +306,20 @@ class Lab:
         ]
 
     def _agent_argv(self, host: SimulatedHost) -> list[str]:
+        extra: list[str] = []
+        mount_namespace = None
+        if self.has_nodes:
+            node = self.node(host.index)
+            mount_namespace = node.mount_namespace
+            for allowed in ("/run/netns", str(node.netns_dir)):
+                extra += ["--allowed-netns-dir", allowed]
         return host.agent_command(
             host.name,
             self.kubeconfig,
             "--namespace", c.DEFAULT_NAMESPACE,
             "--resync-period", "30",
+            *extra,
+            mount_namespace=mount_namespace,
         )  # fmt: skip
 
     def _ensure_process(
@@ -301,6 +392,8 @@ class Lab:
         """Stop a host's agent and daemons and remove its namespace (the host 'dies')."""
         state = self._state()
         self.stop_process(f"agent/{name}", sig=signal.SIGKILL)
+        if state.get("nodes"):
+            self.node(int(name.split("-")[1])).stop()
         self.host(int(name.split("-")[1])).stop()
         state = self._state()
         state["hosts"] = [h for h in state["hosts"] if h != name]
@@ -326,72 +419,48 @@ class Lab:
     async def _attach(
         self, host: str, name: str, network: str, ip: str | None, netns: str, timeout: float
     ) -> str:
-        spec: dict[str, Any] = {
-            "network": network,
-            "node": host,
-            "target": {"netns": {"path": f"/run/netns/{netns}", "interface": "eth0"}},
-        }
-        if ip:
-            spec["ip"] = ip
-        body = {
-            "apiVersion": c.API_VERSION,
-            "kind": c.ENDPOINT,
-            "metadata": {
-                "name": name,
-                "namespace": ATTACH_NAMESPACE,
-                "labels": {"voile.dev/lab": "true"},
-            },
-            "spec": spec,
-        }
-        url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=ATTACH_NAMESPACE)
+        request = AttachRequest(
+            network=network,
+            owner=Owner(kind=OwnerKind.LAB, id=name),
+            target=Target(
+                kind=TargetKind.NETNS, interface="eth0", netns_path=f"/run/netns/{netns}"
+            ),
+            namespace=ATTACH_NAMESPACE,
+            ip=parse_ipv4(ip, "ip") if ip else None,
+            name=name,
+            timeout=timeout,
+        )
         async with kube.KubeClient.from_config(str(self.kubeconfig)) as client:
-            with contextlib.suppress(kube.Conflict):
-                await client.create(url, body)
-            obj_url = kube.path(
-                c.GROUP, c.VERSION, c.ENDPOINTS, namespace=ATTACH_NAMESPACE, name=name
-            )
-            last: dict[str, Any] = {}
-
-            async def ready() -> str | None:
-                nonlocal last
-                obj = await client.get(obj_url) or {}
-                last = obj
-                status = obj.get("status") or {}
-                conds = {x.get("type"): x for x in status.get("conditions") or []}
-                if (conds.get("Ready") or {}).get("status") == "True" and status.get("ip"):
-                    return str(status["ip"])
-                return None
-
             try:
-                address: str = await kube.wait_for(ready, timeout=timeout, what=f"{name} Ready")
-            except TimeoutError as exc:
-                conds = (last.get("status") or {}).get("conditions") or []
-                detail = "; ".join(
-                    f"{x.get('type')}={x.get('status')} {x.get('reason')}: {x.get('message')}"
-                    for x in conds
-                )
-                raise LabError(f"{exc}: {detail or 'no conditions yet'}") from exc
-            return address
+                done = await attach.attach(client, attach.ApiSource(client), request, node=host)
+            except attach.AttachError as exc:
+                raise LabError(f"{name} not attached: {exc}") from exc
+        return str(done.ip)
 
     def detach(self, name: str) -> None:
         """Delete the Endpoint, wait until it is gone, remove the namespace. Idempotent."""
         state = self._state()
         info = state["containers"].get(name)
-        asyncio.run(self._detach(name))
+        asyncio.run(self._detach(name, info["network"] if info else None))
         if info:
             del_netns(info["netns"])
         state["containers"].pop(name, None)
         self._save(state)
 
-    async def _detach(self, name: str, timeout: float = 60) -> None:
-        url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=ATTACH_NAMESPACE, name=name)
+    async def _detach(self, name: str, network: str | None, timeout: float = 60) -> None:
+        ref = AttachmentRef(
+            network=network or "unknown",
+            owner=Owner(kind=OwnerKind.LAB, id=name),
+            interface="eth0",
+            namespace=ATTACH_NAMESPACE,
+            timeout=timeout,
+            endpoint=name,
+        )
         async with kube.KubeClient.from_config(str(self.kubeconfig)) as client:
-            await client.delete(url)
-
-            async def gone() -> bool:
-                return await client.get(url) is None
-
-            await kube.wait_for(gone, timeout=timeout, what=f"Endpoint {name} deleted")
+            try:
+                await attach.detach(client, attach.ApiSource(client), ref)
+            except attach.AttachError as exc:
+                raise LabError(f"{name} not detached: {exc}") from exc
 
     def exec(self, name: str, argv: Sequence[str]) -> int:
         state = self._state()
@@ -400,6 +469,66 @@ class Lab:
         if not netns_exists(netns):
             raise LabError(f"no lab container {name!r}; attach it first")
         return subprocess.call(["ip", "netns", "exec", netns, *argv])
+
+    # -- Docker --------------------------------------------------------------------------------
+
+    def docker_of(self, host: str) -> HostDocker:
+        """HOST's dockerd (voile.lab.docker), started on first use with the lab image loaded."""
+        state = self._state()
+        if host not in state["hosts"]:
+            raise LabError(f"no host {host!r} in the lab (hosts: {', '.join(state['hosts'])})")
+        docker = HostDocker(self.host(int(host.split("-")[1])), self.run_id)
+        docker.start()
+        return docker
+
+    def docker(self, host: str, argv: Sequence[str]) -> int:
+        """``docker ARGS...`` against HOST's dockerd; its exit status."""
+        return run_cli(self.docker_of(host), argv)
+
+    def _stop_dockers(self, names: Sequence[str]) -> None:
+        dockers = []
+        for name in names:
+            with contextlib.suppress(ValueError, IndexError, LabError):
+                dockers.append(HostDocker(self.host(int(name.split("-")[1])), self.run_id))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda d: d.remove(), dockers))
+
+    # -- runtimes (CNI) ------------------------------------------------------------------------
+
+    def _lab_host(self, host: str) -> SimulatedHost:
+        state = self._state()
+        if host not in state["hosts"]:
+            raise LabError(f"no host {host!r} in the lab (hosts: {', '.join(state['hosts'])})")
+        return self.host(int(host.split("-")[1]))
+
+    def cni_conf(self, host: str, network: str) -> dict[str, Any]:
+        """The conflist that puts a container of HOST on NETWORK (any libcni client)."""
+        h = self._lab_host(host)
+        return cni.conflist(
+            network, socket=h.attach_socket, spool_dir=h.cni_spool_dir, namespace=ATTACH_NAMESPACE
+        )
+
+    async def _network_names(self) -> list[str]:
+        async with kube.KubeClient.from_config(str(self.kubeconfig)) as client:
+            items, _ = await client.list(kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS))
+        return sorted(str(n["metadata"]["name"]) for n in items)
+
+    def podman(self, host: str) -> Podman:
+        """HOST's podman, ready to run: its configuration, the busybox image, and one voile
+        conflist per OverlayNetwork of the cluster as it is now."""
+        runtime = Podman(self._lab_host(host))
+        runtime.prepare()
+        names = asyncio.run(self._network_names())
+        runtime.networks({n: self.cni_conf(host, n) for n in names})
+        return runtime
+
+    def crictl(self, host: str, argv: Sequence[str]) -> int:
+        """crictl ARGV against HOST's containerd, inside the node (exec and logs need it)."""
+        state = self._state()
+        if host not in state["hosts"] or not state.get("nodes"):
+            raise LabError(f"no Kubernetes node {host!r} in the lab (lab up --nodes)")
+        node = self.node(int(host.split("-")[1]))
+        return subprocess.call([*node.crictl_argv(), *argv])
 
     # -- status --------------------------------------------------------------------------------
 
@@ -411,84 +540,36 @@ class Lab:
 
     async def _status(self) -> tuple[str, bool]:
         state = self._state()
-        ok = True
-        lines: list[str] = []
         async with kube.KubeClient.from_config(str(self.kubeconfig)) as client:
             leases, _ = await client.list(
                 kube.path("coordination.k8s.io", "v1", "leases", namespace=c.DEFAULT_NAMESPACE)
             )
             nets, _ = await client.list(kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS))
             eps, _ = await client.list(kube.path(c.GROUP, c.VERSION, c.ENDPOINTS))
-        by_lease = {x["metadata"]["name"]: x for x in leases}
-        rows: list[tuple[str, ...]] = [("HOST", "UNDERLAY", "AGENT", "VTEP", "HEARTBEAT")]
+        hosts = {}
         for name in state["hosts"]:
-            index = int(name.split("-")[1])
             pid = state["pids"].get(f"agent/{name}")
-            running = bool(pid and alive(pid))
-            lease = by_lease.get(c.AGENT_LEASE_PREFIX + name) or {}
-            vtep = ((lease.get("metadata") or {}).get("annotations") or {}).get(c.ANNOTATION_VTEP)
-            age = _lease_age(lease)
-            fresh = age is not None and age < 60
-            ok &= running and fresh
-            rows.append(
-                (
-                    name,
-                    str(self.underlay.network_address + index),
-                    "running" if running else "DOWN",
-                    vtep or "-",
-                    f"{age:.0f}s ago" if age is not None else "none",
-                )
-            )
-        lines += [*_table(rows), ""]
-        rows = [("NETWORK", "CIDR", "VNI", "MTU", "ENDPOINTS", "READY")]
-        for net in sorted(nets, key=lambda n: n["metadata"]["name"]):
-            st = net.get("status") or {}
-            ready = _condition(st, "Ready")
-            ok &= ready == "True"
-            rows.append(
-                (
-                    net["metadata"]["name"],
-                    net["spec"]["cidr"],
-                    str(st.get("vni", "-")),
-                    str(st.get("mtu", "-")),
-                    str(st.get("endpoints", "-")),
-                    ready,
-                )
-            )
-        lines += [*_table(rows), ""]
-        rows = [("ENDPOINT", "HOST", "NETWORK", "IP", "MAC", "READY")]
-        for ep in sorted(eps, key=lambda e: (e["metadata"]["namespace"], e["metadata"]["name"])):
-            st = ep.get("status") or {}
-            ready = _condition(st, "Ready")
-            ok &= ready == "True"
-            rows.append(
-                (
-                    f"{ep['metadata']['namespace']}/{ep['metadata']['name']}",
-                    ep["spec"]["node"],
-                    ep["spec"]["network"],
-                    st.get("ip", "-"),
-                    st.get("mac", "-"),
-                    ready,
-                )
-            )
-        lines += _table(rows)
-        return "\n".join(lines) + "\n", ok
+            hosts[name] = "running" if pid and alive(pid) else "DOWN"
+        return render_status(nets, leases, eps, hosts=hosts)
 
     # -- down ----------------------------------------------------------------------------------
 
     def down(self) -> None:
         """Remove everything the lab created. Idempotent; also cleans up a half-started lab."""
         state = self._state()
+        names = state["hosts"] or [p.name for p in (self.directory / "fabric").glob("host-*")]
+        # Docker first, while the agents still run: they release the containers' Endpoints.
+        self._stop_dockers(names)
         pids = state["pids"]
         if pids:
             _say(f"stopping {', '.join(sorted(pids))}")
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda pid: terminate(pid, group=True), pids.values()))
+        errors = self._remove_runtimes(state) + self._stop_nodes(self._host_indexes(state))
         for info in state["containers"].values():
             del_netns(info["netns"])
         for path in Path("/run/netns").glob(self.container_prefix + "*"):
             del_netns(path.name)
-        names = state["hosts"] or [p.name for p in (self.directory / "fabric").glob("host-*")]
         for name in names:
             with contextlib.suppress(ValueError, IndexError):
                 self.host(int(name.split("-")[1]))
@@ -508,27 +589,33 @@ class Lab:
         if self.directory == lab_dir().resolve() and "VOILE_LAB_DIR" not in os.environ:
             with contextlib.suppress(OSError):  # /tmp/voile-<uid>, when nothing else is in it
                 self.directory.parent.rmdir()
+        if errors:
+            raise LabError("not fully removed: " + "; ".join(errors))
 
+    def _remove_runtimes(self, state: dict[str, Any]) -> list[str]:
+        """Every container, image, mount and file of the hosts' podman. The agents are gone
+        already, so each DEL is recorded in the host's spool (removed with the host)."""
+        hosts = {h.name: h for h in (self.host(i) for i in self._host_indexes(state))}
+        runtimes = [
+            r
+            for r in (Podman(h) for h in hosts.values())
+            if r.directory.exists() or r.run_directory.exists()
+        ]
+        if runtimes:
+            _say(f"removing containers of {', '.join(r.host.name for r in runtimes)}")
+        errors = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            for runtime, done in [(r, pool.submit(r.cleanup)) for r in runtimes]:
+                try:
+                    done.result()
+                except Exception as exc:  # the rest of down still runs; reported at its end
+                    errors.append(f"{runtime.host.name}: {exc}")
+        return errors
 
-def _table(rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    ]
-
-
-def _condition(status: dict[str, Any], kind: str) -> str:
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == kind:
-            return str(cond.get("status", "Unknown"))
-    return "Unknown"
-
-
-def _lease_age(lease: dict[str, Any]) -> float | None:
-    import datetime
-
-    renew = (lease.get("spec") or {}).get("renewTime")
-    if not renew:
-        return None
-    when = datetime.datetime.fromisoformat(renew.replace("Z", "+00:00"))
-    return (datetime.datetime.now(datetime.UTC) - when).total_seconds()
+    def _host_indexes(self, state: dict[str, Any]) -> list[int]:
+        names = set(state["hosts"]) | {p.name for p in (self.directory / "fabric").glob("host-*")}
+        indexes = []
+        for name in names:
+            with contextlib.suppress(ValueError, IndexError):
+                indexes.append(int(name.split("-")[1]))
+        return sorted(indexes)

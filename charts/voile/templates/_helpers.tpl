@@ -39,3 +39,11 @@ app.kubernetes.io/component: {{ .component }}
 - name: VOILE_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 {{- end }}
+
+{{/* The conflist of cni.mode=primary: the voile plugin alone (the runtime brings up lo); the
+network is the Pods' default, a Pod's annotation voile.dev/network may choose another. */}}
+{{- define "voile.cniConflist" -}}
+{{- $c := .Values.cni -}}
+{{- $plugin := dict "type" "voile" "network" $c.network "socket" (printf "%s/agent.sock" .Values.agent.runDir) "spoolDir" $c.spoolDir "capabilities" (dict "ips" true "mac" true) "podNetworkAnnotation" true -}}
+{{- dict "cniVersion" "1.0.0" "name" $c.network "plugins" (list $plugin) | toJson -}}
+{{- end }}

@@ -1,5 +1,5 @@
-"""Pure planning: observed state in, desired ports and OpenFlow flows (and their diffs) out.
+"""Pure planning: API objects in, the backend-neutral ``HostPlan`` and status decisions out.
 
-Nothing here performs I/O or imports an I/O library, so a kernel-datapath backend could apply the
-same plan later and every rule can be tested without a datapath.
+Nothing here performs I/O or imports an I/O library or a datapath backend: every backend renders
+the same plan, and every rule can be tested without a datapath.
 """

@@ -1,77 +1,29 @@
-"""The agent's internal model: what a host is configured with, what it knows about networks and
-endpoints (local and remote), and what it wants on the datapath. Frozen, parsed once at the edge.
+"""The agent's backend-neutral model: what a host should carry, computed from API objects alone.
+
+It is what neutron's l2pop forwarding entries are to its OVS and Linux-bridge agents: per network
+segment (VNI, MTU, gateway) the local attachments, the remote endpoints (MAC, IP, VTEP) and the
+flood list (the VTEPs that host the network). Every datapath backend renders the same
+``HostPlan`` its own way (OpenFlow rules on one VXLAN port; tc programs and maps on a VXLAN
+device); nothing here knows Open vSwitch or BPF. Frozen values, parsed once at the edge.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import ipaddress
 
-from voile.api import constants as c
 from voile.api.model import TargetKind
 
-# Tags on everything the agent creates in OVSDB. Only rows carrying OWNER_KEY=OWNER_VALUE are
-# ever deleted by the agent (neutron's is_deletable_port, Antrea's interface store).
-OWNER_KEY = "voile.dev/owner"
-OWNER_VALUE = "voile"
-EXT_ENDPOINT = "voile.dev/endpoint"  # "<namespace>/<name>"
-EXT_ENDPOINT_UID = "voile.dev/endpoint-uid"
-EXT_NETWORK = "voile.dev/network"
-EXT_ROLE = "voile.dev/role"  # tunnel | endpoint | integration | underlay
-EXT_UNDERLAY_IF = "voile.dev/underlay-interface"
-EXT_UNDERLAY_ADDRS = "voile.dev/underlay-addresses"
-EXT_UNDERLAY_ROUTES = "voile.dev/underlay-routes"
-EXT_UNDERLAY_CONF = "voile.dev/underlay-ipv4-conf"  # the NIC's settings before the agent's
-
-# netdev datapath: the underlay NIC's IPv4 settings while Open vSwitch owns it. The kernel still
-# gets a copy of every frame the NIC receives (the userspace datapath reads them through
-# AF_PACKET), and with the address moved to the bridge the weak host model would make it answer
-# ARP and pings a second time and send an ICMP port-unreachable for each VXLAN packet. With a
-# strict reverse-path filter (every underlay route leaves through the bridge) and arp_ignore=8
-# the kernel drops its copy.
-UNDERLAY_NIC_CONF = (("rp_filter", "1"), ("arp_ignore", "8"))
-
-# Tag on kernel links the agent creates (IFLA_IFALIAS), so that cleanup and restart find them.
+# Tag on kernel links the agent creates (IFLA_IFALIAS = "voile:<endpoint uid>"), so that a restart
+# and cleanup find them again, and nothing untagged is ever deleted.
 IFALIAS_PREFIX = "voile:"
 
 
-class DatapathType(str, enum.Enum):
-    SYSTEM = "system"  # the OVS kernel module (production)
-    NETDEV = "netdev"  # the userspace datapath (hosts without the module, tests, the lab)
-
-
-class PortRole(str, enum.Enum):
-    TUNNEL = "tunnel"
-    ENDPOINT = "endpoint"
-    INTEGRATION = "integration"
-    UNDERLAY = "underlay"
-
-
-class PortKind(str, enum.Enum):
-    VETH = "veth"  # the outer end of a veth pair whose inner end lives in a namespace
-    INTERNAL = "internal"  # an OVS internal port in the host's namespace (target: host)
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class NodeConfig:
-    """How this host is set up; built by main from flags/environment."""
+class Segment:
+    """One OverlayNetwork as the datapath sees it: only settled values (status vni and mtu)."""
 
-    node: str
-    vtep: ipaddress.IPv4Address
-    bridge: str = "br-voile"
-    datapath_type: DatapathType = DatapathType.SYSTEM
-    vxlan_port: int = c.DEFAULT_VXLAN_PORT
-    tunnel_port: str = "vxlan-voile"
-    underlay_interface: str | None = None
-    underlay_bridge: str = "br-underlay"
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class NetworkInfo:
-    """What the datapath needs from an OverlayNetwork: only settled values (status vni/mtu)."""
-
-    name: str
+    network: str
     vni: int
     mtu: int
     cidr: ipaddress.IPv4Network
@@ -79,8 +31,13 @@ class NetworkInfo:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class LocalEndpoint:
-    """An allocated Endpoint of this host, with everything needed to plumb it."""
+class Attachment:
+    """An allocated Endpoint of this host: everything needed to plumb it.
+
+    ``port`` is the host-side interface the datapath forwards to (the outer veth end, or the
+    host interface of a host target); ``peer`` the temporary name of a veth's inner end before
+    it moves; ``interface`` the name the workload sees (inside the namespace, the host
+    interface, or the end handed off to a runtime)."""
 
     uid: str
     namespace: str
@@ -94,6 +51,8 @@ class LocalEndpoint:
     gateway: ipaddress.IPv4Address | None
     kind: TargetKind
     interface: str
+    port: str
+    peer: str
     netns_path: str | None = None
 
     @property
@@ -103,7 +62,7 @@ class LocalEndpoint:
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
 class RemoteEndpoint:
-    """An endpoint of the same network on another host: learned from its status (l2 population)."""
+    """An endpoint of the same network on another host, learned from its status."""
 
     uid: str
     network: str
@@ -114,60 +73,38 @@ class RemoteEndpoint:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class DesiredPort:
-    """One endpoint port on the integration bridge, and the interface behind it."""
+class SegmentPlan:
+    """What one network needs on this host: its local attachments (those the datapath holds),
+    the remote endpoints to forward to (one per MAC; a local MAC wins) and the flood list."""
 
-    name: str  # OVS port name; for veths also the outer end's kernel name
-    peer_name: str  # the inner end's temporary name in the host namespace before the move
-    kind: PortKind
-    endpoint: LocalEndpoint
+    segment: Segment
+    local: tuple[Attachment, ...]
+    remote: tuple[RemoteEndpoint, ...]
+    flood: tuple[ipaddress.IPv4Address, ...]
 
-    def external_ids(self) -> dict[str, str]:
-        ep = self.endpoint
-        return {
-            OWNER_KEY: OWNER_VALUE,
-            EXT_ROLE: PortRole.ENDPOINT.value,
-            EXT_ENDPOINT: ep.key,
-            EXT_ENDPOINT_UID: ep.uid,
-            EXT_NETWORK: ep.network,
-            "iface-id": ep.uid,
-            "attached-mac": ep.mac,
-        }
+    @property
+    def vni(self) -> int:
+        return self.segment.vni
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class ObservedPort:
-    """A port found on the integration bridge (ours or not: the owner tag says)."""
+class HostPlan:
+    """The whole desired forwarding state of one host.
 
-    name: str
-    ofport: int | None
-    external_ids: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def ids(self) -> dict[str, str]:
-        return dict(self.external_ids)
-
-    @property
-    def owned(self) -> bool:
-        return self.ids.get(OWNER_KEY) == OWNER_VALUE
-
-    @property
-    def role(self) -> str | None:
-        return self.ids.get(EXT_ROLE)
-
-    @property
-    def endpoint_uid(self) -> str | None:
-        return self.ids.get(EXT_ENDPOINT_UID)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class NextHop:
-    """Where the outer packets to one remote VTEP go first: the VTEP itself when it is on-link,
-    else the gateway. The userspace (netdev) datapath resolves this address in its own tunnel
-    neighbour cache, per bridge, and drops the packet that misses it."""
+    ``complete`` is False while some watch of remote endpoints has not listed yet: a backend
+    then adds what is missing but removes no remote state (a partial view would look like
+    remote endpoints going away)."""
 
     vtep: ipaddress.IPv4Address
-    address: ipaddress.IPv4Address
-    interface: str
-    source: ipaddress.IPv4Address
-    mac: str
+    segments: tuple[SegmentPlan, ...]
+    complete: bool = True
+
+    @property
+    def remote_vteps(self) -> tuple[ipaddress.IPv4Address, ...]:
+        return tuple(sorted({v for seg in self.segments for v in seg.flood}))
+
+    def segment(self, vni: int) -> SegmentPlan | None:
+        for seg in self.segments:
+            if seg.vni == vni:
+                return seg
+        return None

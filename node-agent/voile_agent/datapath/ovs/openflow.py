@@ -15,8 +15,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from voile_agent.appliers.tools import run_tool
-from voile_agent.planning.flows import COOKIE_MATCH, Flow, FlowDiff
+from voile_agent.datapath.ovs.flows import COOKIE_MATCH, Flow, FlowDiff
+from voile_agent.host.tools import run_tool
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,5 @@
 """ovs-vswitchd's runtime commands through ``ovs-appctl``: the userspace datapath's tunnel
-neighbour cache.
-
-Why: with ``datapath_type=netdev`` Open vSwitch routes and resolves the outer packets of a tunnel
-itself. A packet whose next hop is not in its tunnel neighbour cache is dropped while it sends an
-ARP request, so the first packet to a VTEP it has not resolved yet is lost. The agent reads the
-cache here and fills the gaps before it reports an endpoint Ready (see
-``voile_agent.appliers.netlink.send_arp_requests``). The kernel datapath (``system``) uses the
-kernel's neighbour table and needs none of this.
-"""
+neighbour cache (see ``neighbours.py`` for why the agent reads it)."""
 
 from __future__ import annotations
 
@@ -15,7 +7,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-from voile_agent.appliers.tools import run_tool
+from voile_agent.host.tools import run_tool
 
 NeighbourCache = dict[tuple[str, ipaddress.IPv4Address], str]
 

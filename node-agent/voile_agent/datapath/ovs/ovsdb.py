@@ -2,11 +2,16 @@
 underlay bridge of the netdev datapath.
 
 One ``OvsdbIdl`` per process (ovsdbapp runs its own connection thread). Every method here is
-synchronous and blocking; the controller calls them with ``asyncio.to_thread``. Each domain
+synchronous and blocking; the backend calls them with ``asyncio.to_thread``. Each domain
 operation is one OVSDB transaction (port + interface type + options + external_ids together), so
 a crash never leaves a half-made port. Every verb is idempotent: it reads first, writes only what
 differs, and treats "already there" / "already gone" as success. Nothing without the Voile owner
 tag is ever deleted.
+
+Reads fail loudly. ovsdbapp serves reads from its in-memory replica, but on its one connection
+thread: while a write waits for a server that does not answer, a read queues behind it and times
+out. Every such failure, and a replica that has never been filled, raises ``DatapathError``; it
+is never taken for "no ports", which would make the caller delete flows of live endpoints.
 """
 
 from __future__ import annotations
@@ -21,16 +26,18 @@ from ovsdbapp.backend.ovs_idl import connection as ovs_connection
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from voile.errors import DatapathError
-from voile_agent.planning.model import (
+from voile_agent.datapath.ovs.model import (
     EXT_ROLE,
     OWNER_KEY,
     OWNER_VALUE,
+    BridgePort,
     DatapathType,
-    DesiredPort,
-    ObservedPort,
     PortKind,
     PortRole,
+    endpoint_ids,
+    port_kind,
 )
+from voile_agent.planning.model import Attachment
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +63,7 @@ def _scalar(value: Any) -> Any:
 class Ovs:
     """The OVSDB side of one host. Construct once per process; safe to call from threads."""
 
-    def __init__(self, connection: str, *, timeout: float = 20.0) -> None:
+    def __init__(self, connection: str, *, timeout: float = 10.0) -> None:
         self.connection = connection
         self.timeout = timeout
 
@@ -83,12 +90,26 @@ class Ovs:
                 _apis[self.connection] = api
             return api
 
+    def _read(self, command: Any, what: str) -> Any:
+        """Run a read command; any failure is a DatapathError naming what was read."""
+        try:
+            idl = self.api.ovsdb_connection.idl
+            if not idl.has_ever_connected():
+                raise DatapathError(f"OVSDB at {self.connection} has not answered yet")
+            return command.execute(check_error=True)
+        except DatapathError:
+            raise
+        except Exception as exc:
+            raise DatapathError(
+                f"cannot read {what} from OVSDB at {self.connection}: {exc}"
+            ) from exc
+
     def _rows(
         self, table: str, columns: list[str], records: list[str] | None = None
     ) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = self.api.db_list(
-            table, records=records, columns=columns, if_exists=True
-        ).execute(check_error=True)
+        rows: list[dict[str, Any]] = self._read(
+            self.api.db_list(table, records=records, columns=columns, if_exists=True), table
+        )
         return rows
 
     def _commit(self, *commands: Any) -> None:
@@ -169,12 +190,12 @@ class Ovs:
 
     # -- ports ---------------------------------------------------------------------------------
 
-    def ports(self, bridge: str) -> list[ObservedPort]:
-        """Every port of the bridge with its interface's ofport and external_ids."""
-        try:
-            names = list(self.api.list_ports(bridge).execute(check_error=True))
-        except Exception:
+    def ports(self, bridge: str) -> list[BridgePort]:
+        """Every port of the bridge with its interface's ofport and external_ids; [] when the
+        bridge does not exist. Raises DatapathError when OVSDB cannot be read."""
+        if self.bridge(bridge) is None:
             return []
+        names = list(self._read(self.api.list_ports(bridge), f"the ports of {bridge}"))
         if not names:
             return []
         rows = self._rows("Interface", ["name", "ofport", "external_ids"], names)
@@ -182,7 +203,7 @@ class Ovs:
         for row in rows:
             ofport = _scalar(row["ofport"])
             result.append(
-                ObservedPort(
+                BridgePort(
                     name=row["name"],
                     ofport=ofport if isinstance(ofport, int) and ofport > 0 else None,
                     external_ids=tuple(sorted(dict(row["external_ids"]).items())),
@@ -226,46 +247,45 @@ class Ovs:
         log.info("tunnel port ensured name=%s local_ip=%s dst_port=%s", name, local_ip, dst_port)
         return True
 
-    def ensure_endpoint_port(self, bridge: str, port: DesiredPort) -> bool:
+    def ensure_endpoint_port(self, bridge: str, att: Attachment) -> bool:
         """The endpoint's port with its tags (and, for host targets, an internal interface with
         the endpoint's MAC and MTU), in one transaction. Idempotent."""
-        ids = port.external_ids()
-        ep = port.endpoint
+        ids = endpoint_ids(att)
+        internal = port_kind(att) == PortKind.INTERNAL
         iface: list[tuple[str, Any]] = [("external_ids", ids)]
-        if port.kind == PortKind.INTERNAL:
-            iface += [("type", "internal"), ("mac", ep.mac), ("mtu_request", ep.mtu)]
+        if internal:
+            iface += [("type", "internal"), ("mac", att.mac), ("mtu_request", att.mtu)]
         rows = self._rows(
-            "Interface", ["name", "type", "external_ids", "mac", "mtu_request"], [port.name]
+            "Interface", ["name", "type", "external_ids", "mac", "mtu_request"], [att.port]
         )
         if rows:
             row = rows[0]
             have = dict(row["external_ids"])
             if not _owned(have):
-                raise DatapathError(f"interface {port.name} exists and is not Voile's")
+                raise DatapathError(f"interface {att.port} exists and is not Voile's")
             same = have == ids
-            if port.kind == PortKind.INTERNAL:
+            if internal:
                 same = (
                     same
                     and row["type"] == "internal"
-                    and _scalar(row["mac"]) == ep.mac
-                    and _scalar(row["mtu_request"]) == ep.mtu
+                    and _scalar(row["mac"]) == att.mac
+                    and _scalar(row["mtu_request"]) == att.mtu
                 )
-            if same and self._port_on(bridge, port.name):
+            if same and self._port_on(bridge, att.port):
                 return False
         api = self.api
         self._commit(
-            api.add_port(bridge, port.name, may_exist=True),
-            api.db_set("Interface", port.name, *iface, if_exists=False),
-            api.db_set("Port", port.name, ("external_ids", ids), if_exists=False),
+            api.add_port(bridge, att.port, may_exist=True),
+            api.db_set("Interface", att.port, *iface, if_exists=False),
+            api.db_set("Port", att.port, ("external_ids", ids), if_exists=False),
         )
-        log.info("endpoint port ensured port=%s endpoint=%s", port.name, ep.key)
+        log.info("endpoint port ensured port=%s endpoint=%s", att.port, att.key)
         return True
 
     def _port_on(self, bridge: str, name: str) -> bool:
-        try:
-            return name in self.api.list_ports(bridge).execute(check_error=True)
-        except Exception:
+        if self.bridge(bridge) is None:
             return False
+        return name in self._read(self.api.list_ports(bridge), f"the ports of {bridge}")
 
     def delete_port(self, name: str) -> bool:
         """Delete a port only if its interface carries the Voile owner tag. Idempotent."""
@@ -274,6 +294,38 @@ class Ovs:
             return False
         self._commit(self.api.del_port(name, if_exists=True))
         log.info("port deleted port=%s", name)
+        return True
+
+    def ensure_internal_port(self, bridge: str, name: str, *, role: PortRole, mtu: int) -> bool:
+        """An internal port of the bridge with our tags and this MTU, in one transaction.
+        Idempotent; an interface of that name that is not ours is refused."""
+        ids = _tags(role)
+        rows = self._rows("Interface", ["name", "type", "external_ids", "mtu_request"], [name])
+        if rows:
+            row = rows[0]
+            if not _owned(dict(row["external_ids"])):
+                raise DatapathError(f"interface {name} exists and is not Voile's")
+            if (
+                row["type"] == "internal"
+                and dict(row["external_ids"]) == ids
+                and _scalar(row["mtu_request"]) == mtu
+                and self._port_on(bridge, name)
+            ):
+                return False
+        api = self.api
+        self._commit(
+            api.add_port(bridge, name, may_exist=True),
+            api.db_set(
+                "Interface",
+                name,
+                ("type", "internal"),
+                ("external_ids", ids),
+                ("mtu_request", mtu),
+                if_exists=False,
+            ),
+            api.db_set("Port", name, ("external_ids", ids), if_exists=False),
+        )
+        log.info("internal port ensured port=%s role=%s", name, role.value)
         return True
 
     def ensure_underlay_port(self, bridge: str, interface: str) -> bool:
@@ -295,15 +347,15 @@ class Ovs:
             return
         self._commit(self.api.db_set("Interface", interface, ("mtu_request", mtu), if_exists=False))
 
-    def wait_ofports(
+    def wait_ports(
         self, bridge: str, names: set[str], *, timeout: float = 10.0
-    ) -> dict[str, int]:
-        """OpenFlow port numbers of the named ports, waiting (bounded) until vswitchd has
-        assigned them all."""
+    ) -> list[BridgePort]:
+        """The bridge's ports, waiting (bounded) until each named one has an OpenFlow port
+        number; what is still missing then is reported by the caller. Read-only."""
         deadline = time.monotonic() + timeout
         while True:
-            found = {p.name: p.ofport for p in self.ports(bridge) if p.ofport is not None}
-            got = {n: found[n] for n in names if n in found}
-            if len(got) == len(names) or time.monotonic() > deadline:
-                return got
+            ports = self.ports(bridge)
+            numbered = {p.name for p in ports if p.ofport is not None}
+            if names <= numbered or time.monotonic() > deadline:
+                return ports
             time.sleep(0.05)

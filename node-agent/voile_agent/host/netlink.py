@@ -1,21 +1,23 @@
 """The kernel side through pyroute2: veth pairs, the move into the target namespace, addresses,
-MTU, routes, and the underlay address move of the netdev datapath.
+MTU, routes, sysctls, and the underlay address move of OVS's netdev datapath.
 
-Blocking calls; the controller runs them with ``asyncio.to_thread``. Every verb is idempotent:
+Blocking calls; backends run them with ``asyncio.to_thread``. Every verb is idempotent:
 it converges an existing link instead of failing on EEXIST, and "already gone" (ENODEV/ENOENT) on
 delete is success. Links the agent creates carry an IFLA_IFALIAS tag (``voile:<uid>``): only
 tagged links are ever deleted, and a foreign interface of the requested name in a namespace is
 refused, never taken over.
 
-TX checksum offload is turned off with ``ethtool -K`` (through ``nsenter`` for a namespace) when
-the datapath is netdev: AF_PACKET hands the userspace datapath packets with partial checksums,
-and TCP then fails while ping works.
+TX checksum offload can be turned off with ``ethtool -K`` (through ``nsenter`` for a namespace),
+which OVS's netdev datapath needs: AF_PACKET hands the userspace datapath packets with partial
+checksums, and TCP then fails while ping works.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -23,8 +25,8 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -32,12 +34,43 @@ from pyroute2.netlink.exceptions import NetlinkError
 from voile.api import constants as c
 from voile.errors import DatapathError, PlumbingError
 from voile.netns import inside_netns
-from voile_agent.planning.model import IFALIAS_PREFIX, DesiredPort, NextHop
+from voile_agent.planning.model import IFALIAS_PREFIX, Attachment
 from voile_agent.planning.state import netns_allowed
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ALLOWED_NETNS_DIRS = ("/run/netns", "/var/run/netns")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _edge(fn: Callable[P, R]) -> Callable[P, R]:
+    """The applier edge: netlink and OS errors leave as DatapathError naming the verb;
+    PlumbingError (a reason for the Endpoint's condition) passes through."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (PlumbingError, DatapathError):
+            raise
+        except (NetlinkError, OSError) as exc:
+            raise DatapathError(f"{fn.__name__}: {exc}") from exc
+
+    return wrapper
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class NextHop:
+    """Where the outer packets to one remote VTEP go first: the VTEP itself when it is on-link,
+    else the gateway, out of ``interface`` from ``source``."""
+
+    vtep: ipaddress.IPv4Address
+    address: ipaddress.IPv4Address
+    interface: str
+    source: ipaddress.IPv4Address
+    mac: str
 
 
 def alias_for(uid: str) -> str:
@@ -127,9 +160,8 @@ def _tx_off(interface: str, netns: str | None) -> None:
         raise DatapathError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
 
 
-def _converge_inner(ipr: Any, index: int, port: DesiredPort, name: str) -> None:
-    """Name, MAC, MTU, tag, address, up and default route of an interface we own."""
-    ep = port.endpoint
+def _converge_link(ipr: Any, index: int, ep: Attachment, name: str) -> None:
+    """Name, MAC, MTU and tag of an interface we own (set down while they change)."""
     link = _link(ipr, index)
     want_alias = alias_for(ep.uid)
     if (
@@ -140,6 +172,11 @@ def _converge_inner(ipr: Any, index: int, port: DesiredPort, name: str) -> None:
     ):
         ipr.link("set", index=index, state="down")
         ipr.link("set", index=index, ifname=name, address=ep.mac, mtu=ep.mtu, ifalias=want_alias)
+
+
+def _converge_inner(ipr: Any, index: int, ep: Attachment, name: str) -> None:
+    """Name, MAC, MTU, tag, address, up and default route of an interface we own."""
+    _converge_link(ipr, index, ep, name)
     want = f"{ep.ip}/{ep.prefix_length}"
     for addr in _ipv4_addresses(ipr, index):
         if addr != want:
@@ -155,11 +192,37 @@ def _converge_inner(ipr: Any, index: int, port: DesiredPort, name: str) -> None:
                 ipr.route("replace", dst="0.0.0.0/0", gateway=str(ep.gateway), oif=index)
 
 
-def plumb_veth(port: DesiredPort, netns: str, *, tx_off: bool) -> None:
-    """A veth pair: the outer end (the OVS port's name) in this namespace, the inner end in the
-    target namespace with the requested name, MAC, address, MTU and default route. Idempotent:
-    an existing inner interface tagged for this endpoint is converged, not recreated."""
-    ep = port.endpoint
+def _fresh_pair(outer: Any, ep: Attachment) -> int:
+    """A new veth pair ``ep.port``/``ep.peer`` in this namespace (a half-made one is removed
+    first), the peer tagged, with the endpoint's MAC and MTU. Returns the peer's index."""
+    for stale in (ep.port, ep.peer):
+        stale_index = _index(outer, stale)
+        if stale_index is not None:
+            with contextlib.suppress(NetlinkError):
+                outer.link("del", index=stale_index)
+    outer.link("add", ifname=ep.port, kind="veth", peer={"ifname": ep.peer, "address": ep.mac})
+    peer_index = _index(outer, ep.peer)
+    if peer_index is None:
+        raise DatapathError(f"veth peer {ep.peer} vanished after creation")
+    outer.link("set", index=peer_index, ifalias=alias_for(ep.uid), mtu=ep.mtu)
+    return int(peer_index)
+
+
+def _converge_outer(outer: Any, ep: Attachment) -> None:
+    outer_index = _index(outer, ep.port)
+    if outer_index is None:
+        raise DatapathError(f"outer veth end {ep.port} is missing")
+    link = _link(outer, outer_index)
+    if link.get_attr("IFLA_MTU") != ep.mtu or _alias(link) != alias_for(ep.uid):
+        outer.link("set", index=outer_index, mtu=ep.mtu, ifalias=alias_for(ep.uid))
+    outer.link("set", index=outer_index, state="up")
+
+
+@_edge
+def plumb_veth(ep: Attachment, netns: str, *, tx_off: bool) -> None:
+    """A veth pair: the outer end (``ep.port``) in this namespace, the inner end in the target
+    namespace with the requested name, MAC, address, MTU and default route. Idempotent: an
+    existing inner interface tagged for this endpoint is converged, not recreated."""
     name = ep.interface
     with _ipr(netns) as inner:
         index = _index(inner, name)
@@ -169,8 +232,7 @@ def plumb_veth(port: DesiredPort, netns: str, *, tx_off: bool) -> None:
                 f"interface {name} already exists in {netns} and is not this endpoint's",
             )
         with _ipr() as outer:
-            outer_index = _index(outer, port.name)
-            if index is not None and outer_index is None:
+            if index is not None and _index(outer, ep.port) is None:
                 # Our inner end, but its outer end is not in this host's namespace: a pair left
                 # from an earlier life of the host (its namespace re-created). Ours to replace.
                 with contextlib.suppress(NetlinkError):
@@ -178,59 +240,68 @@ def plumb_veth(port: DesiredPort, netns: str, *, tx_off: bool) -> None:
                 log.info("stale inner end replaced endpoint=%s netns=%s", ep.key, netns)
                 index = None
             if index is None:
-                # No inner end: start over from a clean pair (remove a half-made one first).
-                for stale in (port.name, port.peer_name):
-                    stale_index = _index(outer, stale)
-                    if stale_index is not None:
-                        with contextlib.suppress(NetlinkError):
-                            outer.link("del", index=stale_index)
-                outer.link(
-                    "add",
-                    ifname=port.name,
-                    kind="veth",
-                    peer={"ifname": port.peer_name, "address": ep.mac},
-                )
-                peer_index = _index(outer, port.peer_name)
-                if peer_index is None:
-                    raise DatapathError(f"veth peer {port.peer_name} vanished after creation")
-                outer.link("set", index=peer_index, ifalias=alias_for(ep.uid), mtu=ep.mtu)
+                peer_index = _fresh_pair(outer, ep)
                 fd = os.open(netns, os.O_RDONLY)
                 try:
                     outer.link("set", index=peer_index, net_ns_fd=fd)
                 finally:
                     os.close(fd)
-                index = _index(inner, port.peer_name)
+                index = _index(inner, ep.peer)
                 if index is None:
-                    raise DatapathError(f"{port.peer_name} did not arrive in {netns}")
-                outer_index = _index(outer, port.name)
-                log.info("veth created port=%s endpoint=%s netns=%s", port.name, ep.key, netns)
-            if outer_index is None:
-                raise DatapathError(f"outer veth end {port.name} is missing")
-            link = _link(outer, outer_index)
-            if link.get_attr("IFLA_MTU") != ep.mtu or _alias(link) != alias_for(ep.uid):
-                outer.link("set", index=outer_index, mtu=ep.mtu, ifalias=alias_for(ep.uid))
-            outer.link("set", index=outer_index, state="up")
-        _converge_inner(inner, index, port, name)
+                    raise DatapathError(f"{ep.peer} did not arrive in {netns}")
+                log.info("veth created port=%s endpoint=%s netns=%s", ep.port, ep.key, netns)
+            _converge_outer(outer, ep)
+        _converge_inner(inner, index, ep, name)
     if tx_off:
         _tx_off(name, netns)
 
 
-def configure_internal(port: DesiredPort, *, tx_off: bool, timeout: float = 10.0) -> None:
-    """Address, MTU, up and route of a host-target endpoint's OVS internal port (OVS creates the
-    device; the agent configures it). Idempotent."""
+@_edge
+def plumb_handoff(ep: Attachment, *, tx_off: bool) -> None:
+    """A veth pair both of whose ends start in this namespace: ``ep.port`` for the datapath,
+    ``ep.interface`` (tagged, with the endpoint's MAC and MTU, down) for a runtime to move into
+    its container and address, as Docker does after Join. Idempotent: once the runtime has
+    moved the inner end away, the pair is left as it is."""
+    with _ipr() as outer:
+        outer_index = _index(outer, ep.port)
+        inner_index = _index(outer, ep.interface)
+        if inner_index is not None and _alias(_link(outer, inner_index)) != alias_for(ep.uid):
+            raise PlumbingError(
+                c.Reason.PLUMBING_FAILED.value,
+                f"interface {ep.interface} already exists on the host and is not this endpoint's",
+            )
+        if outer_index is None:
+            if inner_index is not None:
+                with contextlib.suppress(NetlinkError):
+                    outer.link("del", index=inner_index)
+            inner_index = _fresh_pair(outer, ep)
+            outer.link("set", index=inner_index, ifname=ep.interface)
+            log.info("handoff veth created port=%s endpoint=%s", ep.port, ep.key)
+        if inner_index is not None:
+            _converge_link(outer, inner_index, ep, ep.interface)
+        _converge_outer(outer, ep)
+    if tx_off and inner_index is not None:
+        _tx_off(ep.interface, None)  # the setting moves with the device into the container
+
+
+@_edge
+def configure_internal(ep: Attachment, *, tx_off: bool, timeout: float = 10.0) -> None:
+    """Address, MTU, up and route of a host interface made by the datapath (OVS's internal
+    port for a host target): the datapath creates the device, this configures it. Idempotent."""
     deadline = time.monotonic() + timeout
     with _ipr() as ipr:
-        index = _index(ipr, port.name)
+        index = _index(ipr, ep.port)
         while index is None and time.monotonic() < deadline:
             time.sleep(0.05)
-            index = _index(ipr, port.name)
+            index = _index(ipr, ep.port)
         if index is None:
-            raise DatapathError(f"internal port {port.name} did not appear")
-        _converge_inner(ipr, index, port, port.name)
+            raise DatapathError(f"internal port {ep.port} did not appear")
+        _converge_inner(ipr, index, ep, ep.port)
     if tx_off:
-        _tx_off(port.name, None)
+        _tx_off(ep.port, None)
 
 
+@_edge
 def unplumb(name: str) -> bool:
     """Delete a veth (both ends) by its outer name, only if it carries the Voile tag.
     Idempotent: False when there was nothing of ours."""
@@ -247,6 +318,7 @@ def unplumb(name: str) -> bool:
         return True
 
 
+@_edge
 def agent_links() -> dict[str, str]:
     """Links of this namespace tagged by the agent: name -> alias."""
     with _ipr() as ipr:
@@ -258,6 +330,23 @@ def agent_links() -> dict[str, str]:
         return result
 
 
+@_edge
+def bring_up(name: str) -> None:
+    """Set a link of this namespace up, with IPv6 off (it carries only what Voile sends).
+    Idempotent."""
+    with _ipr() as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            raise DatapathError(f"{name} does not exist")
+        if not _link(ipr, index)["flags"] & 1:
+            ipr.link("set", index=index, state="up")
+    path = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
+    if "/" not in name and os.path.exists(path):
+        with open(path, "w", encoding="ascii") as f:
+            f.write("1")
+
+
+@_edge
 def link_exists(name: str, netns: str | None = None) -> bool:
     with _ipr(netns) as ipr:
         return _index(ipr, name) is not None
@@ -266,12 +355,14 @@ def link_exists(name: str, netns: str | None = None) -> bool:
 # -- underlay (netdev datapath) ----------------------------------------------------------------
 
 
+@_edge
 def ipv4_addresses(interface: str) -> list[str]:
     with _ipr() as ipr:
         index = _index(ipr, interface)
         return [] if index is None else _ipv4_addresses(ipr, index)
 
 
+@_edge
 def gateway_routes(interface: str) -> list[str]:
     """IPv4 routes through a gateway on the interface, as ``dst via gw``."""
     with _ipr() as ipr:
@@ -287,12 +378,14 @@ def gateway_routes(interface: str) -> list[str]:
         return result
 
 
+@_edge
 def mtu_of(interface: str) -> int | None:
     with _ipr() as ipr:
         index = _index(ipr, interface)
         return None if index is None else int(_link(ipr, index).get_attr("IFLA_MTU"))
 
 
+@_edge
 def mac_of(interface: str) -> str | None:
     with _ipr() as ipr:
         index = _index(ipr, interface)
@@ -305,6 +398,7 @@ def _conf_path(interface: str, key: str) -> str:
     return f"/proc/sys/net/ipv4/conf/{interface}/{key}"
 
 
+@_edge
 def ipv4_conf(interface: str, keys: Sequence[str]) -> dict[str, str]:
     """The interface's ``net.ipv4.conf.<interface>.<key>`` values in this namespace."""
     values = {}
@@ -314,6 +408,7 @@ def ipv4_conf(interface: str, keys: Sequence[str]) -> dict[str, str]:
     return values
 
 
+@_edge
 def set_ipv4_conf(interface: str, values: Mapping[str, str]) -> bool:
     """Set ``net.ipv4.conf.<interface>.<key>`` values. Idempotent: writes only what differs and
     returns whether it wrote anything."""
@@ -326,6 +421,7 @@ def set_ipv4_conf(interface: str, values: Mapping[str, str]) -> bool:
     return changed
 
 
+@_edge
 def move_addresses(src: str, dst: str, addresses: Sequence[str], routes: Sequence[str]) -> None:
     """Put ``addresses`` and ``routes`` on ``dst`` (up) and take the addresses off ``src``.
     Idempotent: whatever is already where it belongs stays."""
@@ -349,6 +445,7 @@ def move_addresses(src: str, dst: str, addresses: Sequence[str], routes: Sequenc
             ipr.link("set", index=src_index, state="up")
 
 
+@_edge
 def next_hops(vteps: Sequence[ipaddress.IPv4Address]) -> list[NextHop]:
     """The next hop of each VTEP as this host's routing table has it (``ip route get``).
 

@@ -1,0 +1,299 @@
+"""One reconcile pass, in small steps: observe -> plan -> apply.
+
+    1. host       the datapath's host-level pieces; the VTEP
+    2. sort       local Endpoints into wanted (allocated), waiting and deleting
+    3. finalize   our finalizer on every live local Endpoint, before anything is plumbed
+    4. announce   status.vtep of allocated Endpoints before plumbing (peers program towards us)
+    5. attach     plumb what the datapath does not hold yet, or everything on a verify pass
+    6. observe    the datapath as it is (a failed read aborts the pass: nothing is deleted)
+    7. program    the neutral plan from what is attached and the remote endpoints
+    8. prune      ports no live Endpoint wants, then the finalizers of deleted Endpoints
+    9. report     vtep and Ready of each local Endpoint, only when it changed
+
+Each step is idempotent, so a crash anywhere is repaired by the next pass. The pass sees the API
+through ``View`` (the watches' caches) and ``Writer``, and the datapath through
+``voile_agent.datapath.base.Datapath`` only: unit tests drive whole passes against in-memory
+fakes of all three (tests/unit/test_agent_pass.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+from collections.abc import Collection, Sequence
+from typing import Protocol
+
+from voile import kube
+from voile.api import constants as c
+from voile.api import naming
+from voile.api.conditions import Condition
+from voile.api.model import Endpoint
+from voile.errors import DatapathError, PlumbingError
+from voile_agent.datapath.base import Datapath, Observed
+from voile_agent.planning import plan as planner
+from voile_agent.planning import state
+from voile_agent.planning.model import Attachment, HostPlan, RemoteEndpoint, Segment
+
+log = logging.getLogger(__name__)
+
+
+class View(Protocol):
+    """What the pass reads from the API: the watches' caches, parsed once."""
+
+    def local(self) -> Sequence[Endpoint]:
+        """This host's Endpoints."""
+        ...
+
+    def segments(self) -> dict[str, Segment]:
+        """The OverlayNetworks with a settled VNI, by name."""
+        ...
+
+    def remote(self) -> Sequence[Endpoint]:
+        """The Endpoints of the networks watched through ``watch_networks``."""
+        ...
+
+    async def watch_networks(self, networks: Collection[str]) -> None:
+        """Watch the Endpoints of exactly these networks (start and stop watches). Idempotent."""
+        ...
+
+    async def remote_synced(self, *, timeout: float) -> bool:
+        """Whether every network watch has listed once (waiting at most ``timeout`` s)."""
+        ...
+
+
+class Writer(Protocol):
+    async def add_finalizer(self, ep: Endpoint) -> bool: ...
+
+    async def remove_finalizer(self, ep: Endpoint) -> bool: ...
+
+    async def write_status(self, ep: Endpoint, *, vtep: str | None, cond: Condition) -> bool: ...
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class PassResult:
+    """What one pass did; for logs, metrics and to decide on an early retry."""
+
+    plumbed: int = 0
+    failed: int = 0
+    flows_added: int = 0
+    flows_deleted: int = 0
+    flows_repaired: int = 0
+    ports_deleted: int = 0
+    retry: bool = False
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class Work:
+    """The local Endpoints of one pass, sorted by what they need."""
+
+    wanted: list[tuple[Endpoint, Attachment]] = dataclasses.field(default_factory=list)
+    waiting: list[tuple[Endpoint, state.Waiting]] = dataclasses.field(default_factory=list)
+    deleting: list[Endpoint] = dataclasses.field(default_factory=list)
+    held: list[Attachment] = dataclasses.field(default_factory=list)  # finalizer not added yet
+    conditions: list[tuple[Endpoint, Condition]] = dataclasses.field(default_factory=list)
+
+
+def sort_local(endpoints: Sequence[Endpoint], segments: dict[str, Segment]) -> Work:
+    """Step 2, pure."""
+    work = Work()
+    for ep in endpoints:
+        if ep.deleting:
+            work.deleting.append(ep)
+            continue
+        att = state.attachment(ep, segments)
+        if isinstance(att, state.Waiting):
+            work.waiting.append((ep, att))
+        else:
+            work.wanted.append((ep, att))
+    return work
+
+
+class Reconciler:
+    """Runs passes for one host. ``run_pass`` is the whole of it; the steps are its methods."""
+
+    def __init__(self, *, node: str, view: View, writer: Writer, datapath: Datapath) -> None:
+        self.node = node
+        self.view = view
+        self.writer = writer
+        self.dp = datapath
+        self.vtep: ipaddress.IPv4Address | None = None
+        self.plan: HostPlan | None = None  # the last plan programmed (the prober's targets)
+        # The attachment last plumbed per endpoint uid: unchanged and still held by the
+        # datapath, it is not plumbed again until the next verify pass.
+        self._attached: dict[str, Attachment] = {}
+
+    async def run_pass(self, *, verify: bool) -> PassResult:
+        """One pass. ``verify`` re-plumbs every attachment and compares every installed entry
+        with the plan (drift repair; once per resync period). Raises DatapathError when the
+        datapath cannot be read or written; then nothing has been deleted."""
+        result = PassResult()
+        vtep = await self.dp.ensure_host()
+        self.vtep = vtep
+        segments = self.view.segments()
+        work = sort_local(self.view.local(), segments)
+        await self.finalize(work, result)
+        await self.announce(work, str(vtep))
+        before = await self.dp.observe()
+        attached = await self.attach(work, before, result, verify=verify)
+        await self.view.watch_networks({att.network for _, att in work.wanted})
+        # Never plan from a partial view: before every remote watch has listed once, a missing
+        # remote would look stale and its state would be removed (traffic lost on restart).
+        complete = await self.view.remote_synced(timeout=10.0)
+        result.retry |= not complete
+        observed = await self.dp.observe(wait_for=[att.port for _, att in attached])
+        ready = self.check_ready(attached, observed, work)
+        remotes = self.remote_endpoints(segments)
+        plan = planner.host_plan(
+            vtep=vtep, segments=segments, local=ready, remote=remotes, complete=complete
+        )
+        report = await self.dp.program(plan, observed, verify=verify)
+        self.plan = plan
+        result.flows_added, result.flows_deleted = report.added, report.deleted
+        result.flows_repaired = report.repaired
+        result.retry |= not report.settled
+        result.plumbed = len(ready)
+        await self.prune(work, observed, result)
+        await self.report(work, str(vtep), result)
+        log.debug("pass done %s", result)
+        return result
+
+    async def finalize(self, work: Work, result: PassResult) -> None:
+        """Step 3: our finalizer first. An allocated Endpoint that cannot get it is not plumbed
+        (further) in this pass, but what it has stays: it is held, not stale."""
+        wanted = []
+        for ep, att in work.wanted:
+            if await self._finalized(ep, result):
+                wanted.append((ep, att))
+            else:
+                work.held.append(att)
+        work.wanted = wanted
+        for ep, waiting in work.waiting:
+            if await self._finalized(ep, result):
+                cond = state.ready(waiting.reason, waiting.message, ep.generation)
+                work.conditions.append((ep, cond))
+
+    async def _finalized(self, ep: Endpoint, result: PassResult) -> bool:
+        try:
+            await self.writer.add_finalizer(ep)
+        except kube.ApiError as exc:
+            log.info("finalizer not added yet endpoint=%s error=%s", ep.key, exc)
+            result.retry = True
+            return False
+        return True
+
+    async def announce(self, work: Work, vtep: str) -> None:
+        """Step 4: publish the VTEP of an allocated endpoint before plumbing it (Ready stays
+        False until it is plumbed), so the other hosts program their forwarding towards it
+        while it is being plumbed and its first packets find the way back. Written once."""
+        for ep, _ in work.wanted:
+            if str(ep.status.vtep) == vtep:
+                continue
+            pending = state.ready(
+                c.Reason.PENDING.value, f"being plumbed on {self.node}", ep.generation
+            )
+            try:
+                await self.writer.write_status(ep, vtep=vtep, cond=pending)
+            except kube.ApiError as exc:
+                log.info("vtep not announced yet endpoint=%s error=%s", ep.key, exc)
+
+    async def attach(
+        self, work: Work, before: Observed, result: PassResult, *, verify: bool
+    ) -> list[tuple[Endpoint, Attachment]]:
+        """Step 5: plumb each wanted attachment the datapath does not hold as it was last
+        plumbed (all of them on a verify pass). A failure is that endpoint's: it is reported in
+        its Ready condition and the pass goes on. Returns the attachments now plumbed."""
+        held = {(p.port, p.uid) for p in before.ports if p.ready}
+        plumbed = []
+        for ep, att in work.wanted:
+            unchanged = self._attached.get(att.uid) == att and (att.port, att.uid) in held
+            if unchanged and not verify:
+                plumbed.append((ep, att))
+                continue
+            try:
+                await self.dp.attach(att)
+            except PlumbingError as exc:
+                self._fail(work, result, ep, att, exc.reason, exc.message)
+                continue
+            except (DatapathError, OSError) as exc:
+                log.warning("plumbing failed endpoint=%s error=%s", ep.key, exc)
+                self._fail(work, result, ep, att, c.Reason.PLUMBING_FAILED.value, str(exc))
+                continue
+            self._attached[att.uid] = att
+            plumbed.append((ep, att))
+        return plumbed
+
+    def _fail(
+        self, work: Work, result: PassResult, ep: Endpoint, att: Attachment, reason: str, msg: str
+    ) -> None:
+        self._attached.pop(att.uid, None)
+        work.conditions.append((ep, state.ready(reason, msg, ep.generation)))
+        result.failed += 1
+        result.retry = True
+
+    def check_ready(
+        self, attached: Sequence[tuple[Endpoint, Attachment]], observed: Observed, work: Work
+    ) -> list[Attachment]:
+        """The attachments the datapath can forward to; the others are reported not ready."""
+        ready_ids = {a.uid for a in observed.ready([att for _, att in attached])}
+        ready = []
+        for ep, att in attached:
+            if att.uid in ready_ids:
+                ready.append(att)
+                message = f"plumbed on {self.node} as port {att.port}"
+                work.conditions.append(
+                    (ep, state.ready(c.Reason.READY.value, message, ep.generation))
+                )
+            else:
+                self._attached.pop(att.uid, None)
+                message = f"port {att.port} is not forwarding yet"
+                work.conditions.append(
+                    (ep, state.ready(c.Reason.PLUMBING_FAILED.value, message, ep.generation))
+                )
+        return ready
+
+    def remote_endpoints(self, segments: dict[str, Segment]) -> list[RemoteEndpoint]:
+        result = []
+        for ep in self.view.remote():
+            r = state.remote_endpoint(ep, segments, node=self.node)
+            if r is not None:
+                result.append(r)
+        return result
+
+    async def prune(self, work: Work, observed: Observed, result: PassResult) -> None:
+        """Step 8: remove ports and veths that no live local Endpoint explains (after the
+        forwarding to them is gone), then release the finalizers of deleted Endpoints whose
+        port is gone. Only tagged objects are candidates; this runs only after a successful
+        observation."""
+        wanted = [att for _, att in work.wanted] + work.held
+        present = [(p.port, p.uid) for p in observed.ports] + list(observed.links)
+        for port in state.stale_ports(present, wanted):
+            if await self.dp.detach(port):
+                result.ports_deleted += 1
+        for uid in {uid for _, uid in present} - {a.uid for a in wanted}:
+            self._attached.pop(uid, None)
+        if not work.deleting:
+            return
+        after = await self.dp.observe()
+        left = {(p.port, p.uid) for p in after.ports} | set(after.links)
+        for ep in work.deleting:
+            port, _, _ = naming.interfaces(ep)
+            if (port, ep.uid) in left:
+                result.retry = True
+                continue
+            try:
+                await self.writer.remove_finalizer(ep)
+            except kube.Conflict:
+                result.retry = True
+
+    async def report(self, work: Work, vtep: str, result: PassResult) -> None:
+        """Step 9: vtep and Ready, written only when they differ from what the Endpoint shows."""
+        for ep, cond in work.conditions:
+            shown_vtep = vtep if cond.reason == c.Reason.READY.value else None
+            if state.status_is_current(ep, vtep=shown_vtep, cond=cond):
+                continue
+            try:
+                await self.writer.write_status(ep, vtep=shown_vtep, cond=cond)
+            except kube.ApiError as exc:
+                log.info("status not written endpoint=%s error=%s", ep.key, exc)
+                result.retry = True
