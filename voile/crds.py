@@ -42,7 +42,7 @@ async def install_crds(client: kube.KubeClient, *, timeout: float = 60.0) -> lis
             )
             conds = {
                 c["type"]: c["status"]
-                for c in ((crd or {}).get("status") or {}).get("conditions", [])
+                for c in ((crd or {}).get("status") or {}).get("conditions") or []
             }
             if conds.get("Established") != "True":
                 return False
