@@ -29,29 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from voile.lab.host import run_id
 from voile.lab.lab import Lab
+from voile.lab.measure import free_octet, percentile
 from voile.lab.podman import IMAGE, Podman
 
 PER_SAMPLE_LIMIT = 30.0
 OVERALL_LIMIT = 15 * 60.0
 BRIDGE_SUBNET = "198.19.21.0/24"
 VOILE_CIDR = "198.19.20.0/24"
-
-
-def free_octet(first: int = 13) -> int:
-    """An underlay 198.18.<octet>.0/24 that no other lab on this machine uses (their API server
-    addresses are in the root namespace)."""
-    used = subprocess.run(
-        ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True, timeout=10
-    ).stdout
-    for octet in range(first, 200):
-        if f" 198.18.{octet}." not in used:
-            return octet
-    raise RuntimeError("no free underlay octet")
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def bridge_conflist(runtime: Podman, rid: str) -> None:

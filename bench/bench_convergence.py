@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from voile.lab.host import add_netns, del_netns
 from voile.lab.lab import Lab
+from voile.lab.measure import percentile
 
 PER_ENDPOINT_LIMIT = 15.0
 OVERALL_LIMIT = 25 * 60.0
@@ -63,11 +64,6 @@ spec:
   node: {node}
   target: {{netns: {{path: /run/netns/{netns}, interface: eth0}}}}
 """
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def baseline(count: int) -> list[float]:

@@ -31,28 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from voile.lab.docker import DOCKER_CLI, IMAGE, HostDocker
 from voile.lab.host import run_id
 from voile.lab.lab import Lab
+from voile.lab.measure import free_octet, percentile
 
 PER_SAMPLE_LIMIT = 30.0
 OVERALL_LIMIT = 15 * 60.0
 VOILE_CIDR = "198.19.22.0/24"
 BRIDGE_SUBNET = "198.19.23.0/24"
-
-
-def free_octet(first: int = 12) -> int:
-    """An underlay 198.18.<octet>.0/24 that no other lab on this machine uses (their API server
-    addresses are in the root namespace)."""
-    used = subprocess.run(
-        ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True, timeout=10
-    ).stdout
-    for octet in range(first, 200):
-        if f" 198.18.{octet}." not in used:
-            return octet
-    raise RuntimeError("no free underlay octet")
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def address(docker: HostDocker, name: str, network: str) -> str:

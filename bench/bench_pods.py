@@ -24,7 +24,6 @@ import asyncio
 import datetime
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from voile import kube
 from voile.lab import images
 from voile.lab.host import run_id
 from voile.lab.lab import Lab
+from voile.lab.measure import free_octet, percentile
 from voile.lab.node import bridge_conflist, wait_all
 
 PER_SAMPLE_LIMIT = 60.0
@@ -45,23 +45,6 @@ SLO_P99 = 5.0
 NETWORK, VOILE_CIDR = "bench-pods", "198.19.22.0/24"
 BRIDGE_SUBNET = "198.19.23.0/24"
 PODS = kube.path("", "v1", "pods", namespace="default")
-
-
-def free_octet(first: int = 15) -> int:
-    """An underlay 198.18.<octet>.0/24 that no other lab on this machine uses (their API server
-    addresses are in the root namespace)."""
-    used = subprocess.run(
-        ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True, timeout=10
-    ).stdout
-    for octet in range(first, 200):
-        if f" 198.18.{octet}." not in used:
-            return octet
-    raise RuntimeError("no free underlay octet")
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def pod(name: str, node: str, script: str) -> dict[str, Any]:

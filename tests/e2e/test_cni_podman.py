@@ -10,7 +10,6 @@ by `lab down`, which must leave no container, mount, namespace or file behind.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import json
 import os
@@ -26,6 +25,7 @@ import pytest
 
 from tests.cni import invoke
 from tests.conftest import venv_bin
+from tests.e2e.labtools import api, kubectl
 from voile import kube
 from voile.api import constants as c
 from voile.api import naming
@@ -75,21 +75,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def kubectl(lab: Lab, *args: str, input: str | None = None) -> str:
-    env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig)}
-    proc = subprocess.run(
-        ["kubectl", *args],
-        env=env,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
-    return proc.stdout
-
-
 def network(lab: Lab, name: str, cidr: str) -> str:
     kubectl(
         lab,
@@ -125,14 +110,6 @@ def run(lab: Lab, host: str, name: str, net: str, *extra: str) -> dict[str, str]
 
 def exec_in(lab: Lab, ct: dict[str, str], *cmd: str) -> subprocess.CompletedProcess[str]:
     return podman(lab, ct["host"], "exec", ct["name"], *cmd, check=False)
-
-
-def api(lab: Lab, fn: Any) -> Any:
-    async def go() -> Any:
-        async with kube.KubeClient.from_config(str(lab.kubeconfig)) as client:
-            return await fn(client)
-
-    return asyncio.run(go())
 
 
 def cni_endpoints(lab: Lab) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import venv_bin
+from tests.e2e.labtools import kubectl
 from voile.api import constants as c
 from voile.lab import docker as lab_docker
 from voile.lab.host import run_id
@@ -71,21 +72,6 @@ def _cmdline_has(proc: Path, text: str) -> bool:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def kubectl(lab: Lab, *args: str, input: str | None = None) -> str:
-    env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig)}
-    proc = subprocess.run(
-        ["kubectl", *args],
-        env=env,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
-    return proc.stdout
 
 
 def net(lab: Lab, name: str, cidr: str, **spec: str) -> None:

@@ -11,7 +11,6 @@ namespace, file or sysctl change behind.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.conftest import venv_bin
+from tests.e2e.labtools import api, kubectl
 from voile import kube
 from voile.api import constants as c
 from voile.api import naming
@@ -96,22 +96,6 @@ def pair(lab: Lab) -> dict[str, str]:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def kubectl(lab: Lab, *args: str, input: str | None = None, check: bool = True) -> str:
-    env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig)}
-    proc = subprocess.run(
-        ["kubectl", *args],
-        env=env,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    if check:
-        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
-    return proc.stdout
-
-
 def pod_yaml(name: str, node: str, network: str | None = None) -> str:
     """A busybox Pod bound to ``node`` (there is no scheduler); ``network``: the annotation."""
     annotations = f", annotations: {{{c.ANNOTATION_POD_NETWORK}: {network}}}" if network else ""
@@ -135,14 +119,6 @@ def create_pods(lab: Lab, pods: list[tuple[str, str, str | None]], timeout: int 
     kubectl(lab, "apply", "-f", "-", input="".join(pod_yaml(*p) for p in pods))
     names = [f"pod/{name}" for name, _, _ in pods]
     kubectl(lab, "wait", "--for=condition=Ready", f"--timeout={timeout}s", *names)
-
-
-def api(lab: Lab, fn: Callable[[kube.KubeClient], Any]) -> Any:
-    async def go() -> Any:
-        async with kube.KubeClient.from_config(str(lab.kubeconfig)) as client:
-            return await fn(client)
-
-    return asyncio.run(go())
 
 
 def pod_endpoints(lab: Lab, pod: str | None = None) -> list[dict[str, Any]]:

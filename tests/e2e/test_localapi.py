@@ -8,7 +8,6 @@ own network and owners; the lab has its own run id and underlay, so nothing else
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import secrets
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.labtools import api as kube_call
 from voile import kube
 from voile.agentapi import AgentClient
 from voile.api import constants as c
@@ -57,14 +57,6 @@ def netns() -> Iterator[Any]:
 
 def api(lab: Lab, host: int) -> AgentClient:
     return AgentClient(lab.host(host).attach_socket)
-
-
-def kube_call(lab: Lab, fn: Any) -> Any:
-    async def run() -> Any:
-        async with kube.KubeClient.from_config(str(lab.kubeconfig)) as client:
-            return await fn(client)
-
-    return asyncio.run(run())
 
 
 def network(lab: Lab, cidr: str, *, gateway: str | None = None) -> str:

@@ -1,0 +1,42 @@
+"""Helpers the lab's e2e modules share: kubectl and the API client against one lab."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from voile import kube
+from voile.lab.lab import Lab
+
+
+def kubectl(
+    lab: Lab, *args: str, input: str | None = None, check: bool = True, timeout: float = 180
+) -> str:
+    """kubectl against the lab's API server; its stdout. With ``check`` a non-zero exit fails
+    the test with kubectl's stderr."""
+    env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig)}
+    proc = subprocess.run(
+        ["kubectl", *args],
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check:
+        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+def api(lab: Lab, fn: Callable[[kube.KubeClient], Awaitable[Any]]) -> Any:
+    """Run ``fn`` with a client of the lab's API server, in a fresh event loop."""
+
+    async def go() -> Any:
+        async with kube.KubeClient.from_config(str(lab.kubeconfig)) as client:
+            return await fn(client)
+
+    return asyncio.run(go())
