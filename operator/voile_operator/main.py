@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -24,7 +23,7 @@ from collections.abc import Sequence
 import kopf
 import prometheus_client
 
-from voile import kube
+from voile import kube, logs
 from voile.api import constants as c
 from voile_operator import __version__
 from voile_operator.appliers.collector import ClaimCollector
@@ -86,30 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=_env("log-level", "info"))
     p.add_argument("--log-format", choices=["text", "json"], default=_env("log-format", "text"))
     return p
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "time": self.formatTime(record),
-                "level": record.levelname,
-                "logger": record.name,
-                "message": record.getMessage(),
-            }
-        )
-
-
-def _setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -208,7 +183,7 @@ def _hold_in_thread(args: argparse.Namespace, stop: threading.Event) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level, args.log_format)
+    logs.setup(args.log_level, args.log_format, quiet=("asyncio", "aiohttp"))
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it
     if args.metrics_port:

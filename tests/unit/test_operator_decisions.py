@@ -10,7 +10,7 @@ import pytest
 from voile.api import constants as c
 from voile.api.model import parse_network_spec
 from voile_operator.planning import agents, collector, lease, status
-from voile_operator.planning.conditions import render_conditions, true
+from voile_operator.planning.conditions import render, true
 
 T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 SEC = datetime.timedelta(seconds=1)
@@ -19,11 +19,11 @@ NET = parse_network_spec({"cidr": "198.18.1.0/24", "gateway": "198.18.1.1"})
 
 def test_transition_time_kept_while_status_unchanged() -> None:
     cond = true(c.ConditionType.ALLOCATED, c.Reason.ALLOCATED, "m", 1)
-    first = render_conditions([cond], None, "t1")
+    first = render([cond], None, "t1")
     assert first[0]["lastTransitionTime"] == "t1"
-    again = render_conditions([cond], first, "t2")
+    again = render([cond], first, "t2")
     assert again[0]["lastTransitionTime"] == "t1"
-    flipped = render_conditions(
+    flipped = render(
         [status.cond.false(c.ConditionType.ALLOCATED, c.Reason.POOL_EXHAUSTED, "m", 2)],
         again,
         "t3",

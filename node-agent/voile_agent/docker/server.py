@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from aiohttp import web
 from voile_agent.docker import protocol
 from voile_agent.docker.driver import DockerDriver
 from voile_agent.docker.protocol import Api, DockerError
+from voile_agent.unixsocket import RootSocket
 
 log = logging.getLogger(__name__)
 
@@ -113,33 +112,15 @@ def build_app(driver: DockerDriver) -> web.Application:
     return app
 
 
-def _prepare_path(path: Path) -> None:
-    """The plugin directory, and no stale socket in the way; refuses to remove anything that
-    is not a socket."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise OSError(f"{path} exists and is not a socket")
-        path.unlink()
-
-
 class DockerPluginServer:
     def __init__(self, driver: DockerDriver, path: str) -> None:
         self.driver = driver
         self.path = Path(path)
-        self._runner: web.AppRunner | None = None
+        self._socket = RootSocket(build_app(driver), self.path)
         self._collector: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        _prepare_path(self.path)
-        self._runner = web.AppRunner(build_app(self.driver), access_log=None)
-        await self._runner.setup()
-        old = os.umask(0o177)
-        try:
-            await web.UnixSite(self._runner, str(self.path)).start()
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
+        await self._socket.start()
         self._collector = asyncio.create_task(self.driver.run_collector(), name="docker gc")
         log.info("docker plugin listening socket=%s", self.path)
 
@@ -149,8 +130,4 @@ class DockerPluginServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._collector
             self._collector = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        await self._socket.stop()

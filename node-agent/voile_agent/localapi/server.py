@@ -15,12 +15,9 @@ Requests are parsed once here (``voile.api.attach``); the service never sees raw
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import socket
-import stat
 import struct
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -33,6 +30,7 @@ from voile.api import attach as plan
 from voile.api import constants as c
 from voile.errors import ValidationError
 from voile_agent.localapi.service import AttachService
+from voile_agent.unixsocket import RootSocket
 
 log = logging.getLogger(__name__)
 
@@ -188,39 +186,15 @@ def build_app(service: AttachService) -> web.Application:
     return app
 
 
-def _prepare_path(path: Path) -> None:
-    """The socket's directory (root only) and no stale socket in the way; refuses to remove
-    anything that is not a socket."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        mode = path.lstat().st_mode
-        if not stat.S_ISSOCK(mode):
-            raise OSError(f"{path} exists and is not a socket")
-        path.unlink()
-
-
 class LocalApiServer:
     def __init__(self, service: AttachService, path: str) -> None:
         self.service = service
         self.path = Path(path)
-        self._runner: web.AppRunner | None = None
+        self._socket = RootSocket(build_app(service), self.path)
 
     async def start(self) -> None:
-        _prepare_path(self.path)
-        self._runner = web.AppRunner(build_app(self.service), access_log=None)
-        await self._runner.setup()
-        old = os.umask(0o177)
-        try:
-            await web.UnixSite(self._runner, str(self.path)).start()
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
-        os.chown(self.path, 0, 0)
+        await self._socket.start()
         log.info("local API listening socket=%s", self.path)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        await self._socket.stop()

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from voile import kube
+from voile import clock, kube
 from voile.api import constants as c
 from voile.api.model import Endpoint, OverlayNetwork, parse_endpoint, parse_overlay_network
 from voile.errors import ValidationError
@@ -32,7 +32,6 @@ from voile_operator.appliers.status import (
 from voile_operator.planning import agents as agent_plan
 from voile_operator.planning import ipam
 from voile_operator.planning import status as plan
-from voile_operator.planning.ipam import parse_time
 from voile_operator.planning.vni import mtu_for
 
 log = logging.getLogger(__name__)
@@ -229,7 +228,7 @@ class Reconciler:
             lease = await agents.agent_lease(self.client, self.settings.namespace, node)
             gone = agent_plan.agent_gone(
                 lease,
-                deletion_requested=parse_time(meta.get("deletionTimestamp")),
+                deletion_requested=clock.parse_rfc3339(meta.get("deletionTimestamp")),
                 now=datetime.datetime.now(datetime.UTC),
                 dead_after=self.settings.agent_dead_after,
             )

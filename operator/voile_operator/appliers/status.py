@@ -7,17 +7,14 @@ Idempotent: nothing is sent when the object already shows the desired status.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from voile import kube
+from voile import clock, kube
 from voile.api import constants as c
 from voile_operator.planning import status as plan
 
-
-def now_rfc3339() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+now_rfc3339 = clock.now_rfc3339
 
 
 async def apply_endpoint_status(

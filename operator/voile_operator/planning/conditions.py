@@ -1,4 +1,5 @@
-"""metav1.Condition-shaped conditions, and the status documents the operator server-side applies.
+"""The operator's conditions: kstatus's Reconciling/Stalled for an outcome. The Condition type
+itself is the shared one (voile.api.conditions).
 
 The operator owns only some conditions (Allocated/Reconciling/Stalled on Endpoints; Ready,
 VNIAllocated, Reconciling, Stalled on OverlayNetworks); the agent owns Endpoint ``Ready``. The
@@ -12,70 +13,10 @@ work is in progress and may finish by itself.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
-
 from voile.api import constants as c
+from voile.api.conditions import Condition, false, render, true
 
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class Condition:
-    type: str
-    status: c.ConditionStatus
-    reason: str
-    message: str
-    observed_generation: int
-
-    def to_dict(self, last_transition_time: str) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "status": self.status.value,
-            "reason": self.reason,
-            "message": self.message,
-            "observedGeneration": self.observed_generation,
-            "lastTransitionTime": last_transition_time,
-        }
-
-
-def render_conditions(
-    wanted: Iterable[Condition], existing: Sequence[Mapping[str, Any]] | None, now: str
-) -> list[dict[str, Any]]:
-    """Condition dicts for ``wanted``, keeping each one's lastTransitionTime while its status is
-    unchanged (``now`` otherwise). ``now`` is RFC 3339 with second precision."""
-    previous = {str(e.get("type")): e for e in existing or () if isinstance(e, Mapping)}
-    out: list[dict[str, Any]] = []
-    for cond in wanted:
-        old = previous.get(cond.type)
-        ltt = now
-        if (
-            old is not None
-            and old.get("status") == cond.status.value
-            and old.get("lastTransitionTime")
-        ):
-            ltt = str(old["lastTransitionTime"])
-        out.append(cond.to_dict(ltt))
-    return out
-
-
-def true(kind: c.ConditionType, reason: c.Reason | str, message: str, gen: int) -> Condition:
-    return Condition(
-        type=kind.value,
-        status=c.ConditionStatus.TRUE,
-        reason=str(getattr(reason, "value", reason)),
-        message=message,
-        observed_generation=gen,
-    )
-
-
-def false(kind: c.ConditionType, reason: c.Reason | str, message: str, gen: int) -> Condition:
-    return Condition(
-        type=kind.value,
-        status=c.ConditionStatus.FALSE,
-        reason=str(getattr(reason, "value", reason)),
-        message=message,
-        observed_generation=gen,
-    )
+__all__ = ["Condition", "false", "kstatus", "render", "true"]
 
 
 # Reasons where waiting alone may fix it (another object goes away or appears) -> Reconciling;

@@ -16,6 +16,7 @@ import ipaddress
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from voile import clock
 from voile.api import constants as c
 from voile.api.model import NetworkSpec
 
@@ -156,7 +157,7 @@ def parse_ip_claim(obj: Mapping[str, Any]) -> IPClaimInfo | None:
         endpoint_namespace=str(endpoint.get("namespace", "")),
         endpoint_name=str(endpoint.get("name", "")),
         endpoint_uid=str(endpoint.get("uid", "")),
-        created=parse_time(meta.get("creationTimestamp")),
+        created=clock.parse_rfc3339(meta.get("creationTimestamp")),
     )
 
 
@@ -221,13 +222,3 @@ def plan_existing_claims(
         )
     )
     return ExistingClaims(keep=keep, release=release)
-
-
-def parse_time(value: object) -> datetime.datetime | None:
-    """An RFC 3339 timestamp (as the API server writes them) or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None

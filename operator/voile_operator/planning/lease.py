@@ -14,7 +14,7 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
-from voile_operator.planning.ipam import parse_time
+from voile import clock
 
 
 class LeaseAction(str, enum.Enum):
@@ -36,7 +36,8 @@ def parse_lease(obj: Mapping[str, Any]) -> LeaseState:
     meta = obj.get("metadata") or {}
     return LeaseState(
         holder=spec.get("holderIdentity") or None,
-        renewed=parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime")),
+        renewed=clock.parse_rfc3339(spec.get("renewTime"))
+        or clock.parse_rfc3339(spec.get("acquireTime")),
         duration=int(spec.get("leaseDurationSeconds") or 0),
         resource_version=str(meta.get("resourceVersion", "")),
     )

@@ -69,9 +69,7 @@ def endpoint_status(
             cond.false(c.ConditionType.ALLOCATED, reason, outcome.message, generation),
             *cond.kstatus(reason, generation),
         ]
-    status["conditions"] = cond.render_conditions(
-        conditions, (existing or {}).get("conditions"), now
-    )
+    status["conditions"] = cond.render(conditions, (existing or {}).get("conditions"), now)
     return status
 
 
@@ -129,7 +127,7 @@ def network_status(
         message = outcome.ready_message or outcome.vni_message
         conds.append(cond.false(c.ConditionType.READY, ready_reason, message, generation))
         conds.extend(cond.kstatus(ready_reason, generation))
-    status["conditions"] = cond.render_conditions(conds, (existing or {}).get("conditions"), now)
+    status["conditions"] = cond.render(conds, (existing or {}).get("conditions"), now)
     return status
 
 

@@ -12,8 +12,8 @@ import datetime
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from voile import clock
 from voile.api import constants as c
-from voile_operator.planning.ipam import parse_time
 
 AUTO_VNI_BASE = 4096
 
@@ -61,7 +61,7 @@ def parse_vni_claim(obj: Mapping[str, Any]) -> VNIClaimInfo | None:
         vni=vni,
         network=str(spec.get("network", "")),
         network_uid=str(spec.get("networkUID", "")),
-        created=parse_time(meta.get("creationTimestamp")),
+        created=clock.parse_rfc3339(meta.get("creationTimestamp")),
     )
 
 
