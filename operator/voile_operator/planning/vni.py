@@ -14,6 +14,7 @@ from typing import Any
 
 from voile import clock
 from voile.api import constants as c
+from voile.api.model import overlay_mtu
 
 AUTO_VNI_BASE = 4096
 
@@ -22,11 +23,8 @@ def vni_claim_name(vni: int) -> str:
     return f"vni-{vni}"
 
 
-def mtu_for(spec_mtu: int | None, underlay_mtu: int) -> int:
-    """The overlay MTU: the user's, or the underlay's minus the VXLAN-over-IPv4 overhead (50)."""
-    if spec_mtu is not None:
-        return spec_mtu
-    return underlay_mtu - c.VXLAN_OVERHEAD_IPV4
+# One MTU rule for the whole project (voile.api.model.overlay_mtu).
+mtu_for = overlay_mtu
 
 
 def lowest_free_vni(taken: Collection[int], *, base: int = AUTO_VNI_BASE) -> int | None:
