@@ -28,11 +28,3 @@ def parse_rfc3339(value: object) -> datetime.datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
-
-
-def age_seconds(value: object, *, at: datetime.datetime | None = None) -> float | None:
-    """Seconds since an RFC 3339 timestamp, or None when there is none."""
-    when = parse_rfc3339(value)
-    if when is None:
-        return None
-    return ((at or now()) - when).total_seconds()

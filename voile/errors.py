@@ -3,7 +3,6 @@
 VoileError
  ├── ControlPlaneError      the development control plane failed to build, start or stop
  ├── ValidationError        a spec breaks a rule (raised by voile.api.model parsers)
- ├── AllocationError        the operator cannot allocate (pool exhausted, address taken, ...)
  ├── PlumbingError          the agent cannot realize an endpoint (namespace missing, refused path)
  ├── DatapathError          Open vSwitch or the kernel refused an operation
  └── LabError               `voile lab` could not do what was asked
@@ -26,15 +25,6 @@ class ValidationError(VoileError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
-        self.message = message
-
-
-class AllocationError(VoileError):
-    """The operator cannot allocate; ``reason`` is the condition reason shown in status."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
         self.message = message
 
 

@@ -448,17 +448,6 @@ def parse_ref(raw: object, *, default_namespace: str) -> AttachmentRef:
     )
 
 
-def ref_of(request: AttachRequest) -> AttachmentRef:
-    return AttachmentRef(
-        network=request.network,
-        owner=request.owner,
-        interface=request.interface,
-        namespace=request.namespace,
-        timeout=request.timeout,
-        endpoint=request.name,
-    )
-
-
 def _only(raw: Mapping[str, Any], known: set[str], where: str) -> None:
     unknown = sorted(set(raw) - known)
     if unknown:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from voile.errors import ValidationError
@@ -182,10 +182,3 @@ def verdict(
     if dst.result == Result.ERROR:
         return Verdict.ERROR, f"{dst.node}: {dst.message}"
     return Verdict.DROPPED, f"dropped on {dst.node} by {dst.rule or 'the datapath'}"
-
-
-def vni_of(tunnels: Sequence[Tunnel], vtep: ipaddress.IPv4Address) -> int | None:
-    for t in tunnels:
-        if t.vtep == vtep:
-            return t.vni
-    return None

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from voile.errors import LabError
@@ -349,11 +348,6 @@ class SimulatedHost:
             *extra,
         ]  # fmt: skip
 
-    def popen(self, *cmd: str, **kwargs: object) -> subprocess.Popen[str]:
-        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-            ["ip", "netns", "exec", self.namespace, *cmd], env=self.env, text=True, **kwargs
-        )
-
     def vsctl(self, *args: str, check: bool = True) -> str:
         return sh("ovs-vsctl", f"--db={self.ovsdb}", *args, check=check, env=self.env).stdout
 
@@ -465,25 +459,3 @@ class LoopbackForwarder:
             with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
-
-
-def in_netns(
-    path_or_name: str, *cmd: str, check: bool = True, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run a command in a namespace given by name or /run/netns path."""
-    name = Path(path_or_name).name
-    return sh("ip", "netns", "exec", name, *cmd, check=check, timeout=timeout)
-
-
-def start_hosts(
-    directory: Path, count: int, rid: str | None = None
-) -> tuple[Fabric, Sequence[SimulatedHost]]:
-    """A fabric and ``count`` started hosts; on failure everything made so far is removed."""
-    fabric = Fabric(directory, rid)
-    try:
-        fabric.start()
-        hosts = [fabric.host(i + 1).start() for i in range(count)]
-    except BaseException:
-        fabric.stop()
-        raise
-    return fabric, hosts

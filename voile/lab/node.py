@@ -31,7 +31,6 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -532,9 +531,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             if time.monotonic() > deadline:
                 raise LabError(f"{self.name}: cgroups not removed: {', '.join(map(str, left))}")
             time.sleep(0.1)
-
-    def remove_files(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 async def ensure_node_rbac(client: kube.KubeClient) -> None:

@@ -8,7 +8,6 @@ the filesystem are done by the caller, which passes the resolved path in.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -166,11 +165,3 @@ def status_is_current(ep: Endpoint, *, vtep: str | None, cond: Condition) -> boo
     if vtep is not None and str(ep.status.vtep) != vtep:
         return False
     return cond.same(conditions.find(ep.status.conditions, cond.type))
-
-
-def unresolved(
-    wanted: Iterable[ipaddress.IPv4Address], known: Iterable[ipaddress.IPv4Address]
-) -> list[ipaddress.IPv4Address]:
-    """The addresses of ``wanted`` not in ``known``, sorted and without repeats."""
-    have = set(known)
-    return sorted(set(wanted) - have)

@@ -208,9 +208,6 @@ class Allocator:
             message=f"{MAX_ATTEMPTS} candidates were taken concurrently; retrying",
         )
 
-    def pool_usage(self, network: str) -> int:
-        return len(self._state(network).taken)
-
 
 # -- VNIs ----------------------------------------------------------------------------------------
 

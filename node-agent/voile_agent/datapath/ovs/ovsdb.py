@@ -170,11 +170,6 @@ class Ovs:
         log.info("bridge ensured name=%s datapath=%s fail_mode=%s", name, datapath.value, fail_mode)
         return True
 
-    def set_bridge_ids(self, name: str, ids: Mapping[str, str]) -> None:
-        """Merge keys into a bridge's external_ids. Idempotent."""
-        api = self.api
-        self._commit(api.db_set("Bridge", name, ("external_ids", dict(ids)), if_exists=False))
-
     def delete_bridge(self, name: str) -> bool:
         """Delete a bridge only if it carries the Voile owner tag. Idempotent."""
         row = self.bridge(name)
@@ -183,10 +178,6 @@ class Ovs:
         self._commit(self.api.del_br(name, if_exists=True))
         log.info("bridge deleted name=%s", name)
         return True
-
-    def owned_bridges(self) -> list[dict[str, Any]]:
-        rows = self._rows("Bridge", ["name", "external_ids"])
-        return [r for r in rows if _owned(dict(r["external_ids"]))]
 
     # -- ports ---------------------------------------------------------------------------------
 
