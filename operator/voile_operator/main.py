@@ -27,6 +27,7 @@ from voile import kube, logs
 from voile.api import constants as c
 from voile_operator import __version__
 from voile_operator.appliers.collector import ClaimCollector
+from voile_operator.appliers.health import HealthMonitor
 from voile_operator.appliers.leader import LeaderElector
 from voile_operator.appliers.reconcile import Reconciler, Settings
 from voile_operator.handlers import resources  # noqa: F401 - registers the handlers
@@ -68,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=float(_env("agent-dead-after", "300") or 300),
         help="seconds without an agent heartbeat before its finalizer is removed",
+    )
+    p.add_argument(
+        "--health-interval",
+        type=float,
+        default=float(_env("health-interval", "1") or 1),
+        help="seconds between folds of the agents' probe reports into status",
+    )
+    p.add_argument(
+        "--health-max-age",
+        type=float,
+        default=float(_env("health-max-age", "35") or 35),
+        help="seconds after which an agent's probe report no longer counts (Unknown)",
     )
     p.add_argument("--lease-duration", type=int, default=int(_env("lease-duration", "15") or 15))
     p.add_argument(
@@ -139,6 +152,14 @@ async def _lead(args: argparse.Namespace, client: kube.KubeClient, elector: Lead
         ClaimCollector(client, interval=args.gc_interval, grace=args.gc_grace).run()
     )
     waiters = asyncio.create_task(reconciler.run_waiters())
+    health = asyncio.create_task(
+        HealthMonitor(
+            client,
+            namespace=args.namespace,
+            interval=args.health_interval,
+            max_age=args.health_max_age,
+        ).run()
+    )
     await asyncio.wait({operator, holding}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if holding.done():
@@ -150,6 +171,7 @@ async def _lead(args: argparse.Namespace, client: kube.KubeClient, elector: Lead
     kopf_stop.set()
     collector.cancel()
     waiters.cancel()
+    health.cancel()
     stop_holding.set()
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await asyncio.wait_for(operator, timeout=15)

@@ -41,3 +41,8 @@ COLLECTOR_ROUNDS = Counter(
     "voile_operator_collector_rounds_total", "Collector rounds, by result.", ["result"]
 )
 LEADER = Gauge("voile_operator_leader", "1 while this replica holds the leader Lease.")
+BROKEN_PAIRS = Gauge(
+    "voile_operator_network_broken_pairs",
+    "Node pairs of a network whose data-path probes fail (unreachable, one-way or MTU).",
+    ["network"],
+)

@@ -113,3 +113,78 @@ def test_reports_are_parsed_from_the_lease_and_garbage_is_no_report() -> None:
     lease["metadata"]["annotations"][c.ANNOTATION_PROBES] = "{not json"
     assert health.parse_report("h1", lease) is None
     assert health.parse_report("h1", {"metadata": {}}) is None
+
+
+# -- one round: API objects in, status writes out -----------------------------------------------
+
+
+def _lease(node: str, states: dict[str, str]) -> dict[str, Any]:
+    body = {
+        "v": 1,
+        "at": "2026-12-01T11:59:59Z",
+        "vtep": VTEP[node],
+        "vnis": [VNI],
+        "paths": [{"vni": VNI, "vtep": VTEP[p], "state": s} for p, s in states.items()],
+    }
+    return {
+        "metadata": {
+            "name": c.AGENT_LEASE_PREFIX + node,
+            "annotations": {c.ANNOTATION_PROBES: json.dumps(body)},
+        }
+    }
+
+
+NETWORK = {"metadata": {"name": "blue", "generation": 4}, "status": {"vni": VNI}}
+
+
+def _endpoints() -> list[dict[str, Any]]:
+    return [
+        {
+            "metadata": {"name": f"e{i}", "namespace": "default", "generation": 1},
+            "spec": {"network": "blue", "node": f"h{i}"},
+        }
+        for i in (1, 2, 3)
+    ]
+
+
+def test_a_round_writes_the_network_and_each_endpoint_and_then_nothing() -> None:
+    leases = [_lease(n, {p: "ok" for p in VTEP if p != n}) for n in VTEP]
+    leases[0] = _lease("h1", {"h2": "unreachable", "h3": "ok"})
+    leases[1] = _lease("h2", {"h1": "unreachable", "h3": "ok"})
+    leases.append({"metadata": {"name": "voile-operator"}})  # not an agent's: ignored
+    rnd = health.plan_round(
+        networks=[NETWORK], endpoints=_endpoints(), leases=leases, now=NOW, max_age=30
+    )
+    assert rnd.broken == {"blue": 2}
+    by_name = {w.name: w for w in rnd.writes}
+    assert sorted(by_name) == ["blue", "e1", "e2", "e3"]
+    net = by_name["blue"]
+    assert net.namespace is None and net.kind == c.OVERLAY_NETWORK
+    assert net.status["health"]["brokenPairs"] == [
+        {"from": "h1", "to": "h2", "reason": "Unreachable"},
+        {"from": "h2", "to": "h1", "reason": "Unreachable"},
+    ]
+    kinds = {x["type"]: (x["status"], x["observedGeneration"]) for x in net.status["conditions"]}
+    assert kinds == {"DataPathHealthy": ("False", 4), "MTUVerified": ("Unknown", 4)}
+    assert by_name["e3"].status["health"] == {"node": "h3", "brokenPairs": []}
+    assert by_name["e3"].status["conditions"][0]["status"] == "True"
+    assert by_name["e1"].status["conditions"][0]["status"] == "False"
+    assert by_name["e1"].namespace == "default"
+
+    # Applied: the next round with the same reports writes nothing.
+    network = {**NETWORK, "status": {**NETWORK["status"], **net.status}}
+    eps = [{**e, "status": by_name[e["metadata"]["name"]].status} for e in _endpoints()]
+    again = health.plan_round(networks=[network], endpoints=eps, leases=leases, now=NOW, max_age=30)
+    assert again.writes == ()
+
+
+def test_a_round_skips_networks_without_a_vni_or_being_deleted() -> None:
+    leases = [_lease(n, {p: "ok" for p in VTEP if p != n}) for n in VTEP]
+    networks = [
+        {"metadata": {"name": "blue", "generation": 1}, "status": {}},
+        {"metadata": {"name": "blue2", "deletionTimestamp": "x"}, "status": {"vni": VNI}},
+    ]
+    rnd = health.plan_round(
+        networks=networks, endpoints=_endpoints(), leases=leases, now=NOW, max_age=30
+    )
+    assert rnd.writes == () and rnd.broken == {}

@@ -4,15 +4,19 @@ captured from Open vSwitch 3.1 here: tests/unit/data), and a Trace's verdict."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from voile.api import trace as tr
 from voile.api.trace import Result, Stage, StageReport, Tunnel
+from voile_agent.controller.probes import Prober
 from voile_agent.datapath.base import TraceQuery
 from voile_agent.datapath.ovs import flows as flowplan
 from voile_agent.datapath.ovs import trace as ovstrace
@@ -183,3 +187,52 @@ SPEC = tr.TraceSpec(
 def test_verdicts(stages: dict[Stage, StageReport], verdict: tr.Verdict) -> None:
     got, why = tr.verdict(SPEC, stages, destination_vtep=PEER)
     assert got == verdict, why
+
+
+# -- the prober's metrics ------------------------------------------------------------------------
+
+
+def test_the_prober_counts_loss_per_network_and_peer_times_replies_and_gauges_broken_paths() -> (
+    None
+):
+    here, up, down = (ipaddress.IPv4Address(f"198.18.60.{i}") for i in (1, 2, 3))
+    seg = Segment(network="metric-net", vni=4242, mtu=1450,
+                  cidr=ipaddress.IPv4Network("198.19.60.0/24"))  # fmt: skip
+    plan = HostPlan(vtep=here, segments=(SegmentPlan(segment=seg, local=(), remote=(),
+                                                     flood=(up, down)),))  # fmt: skip
+
+    class Answering:
+        """Answers every probe to ``up``, none to ``down``."""
+
+        async def probe(
+            self, targets: Any, *, timeout: float
+        ) -> dict[probes.ProbeTarget, float | None]:
+            return {t: (0.002 if t.vtep == up else None) for t in targets}
+
+    prober = Prober(Answering(), lambda: plan)  # type: ignore[arg-type]
+
+    def value(name: str, peer: ipaddress.IPv4Address, size: str = "small") -> float:
+        labels = {"network": "metric-net", "peer": str(peer), "size": size}
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    lost_before = value("voile_agent_probes_lost_total", down)
+    rtt_before = value("voile_agent_probe_rtt_seconds_count", up)
+    for _ in range(2):
+        states = asyncio.run(prober.round())
+    assert {p.vtep: p.state for p in states} == {
+        up: probes.PathState.OK,
+        down: probes.PathState.UNREACHABLE,
+    }
+    assert value("voile_agent_probes_lost_total", down) - lost_before == 2
+    assert value("voile_agent_probes_lost_total", down, "full") >= 2
+    assert value("voile_agent_probes_lost_total", up) == 0
+    assert value("voile_agent_probe_rtt_seconds_count", up) - rtt_before == 2
+    assert REGISTRY.get_sample_value("voile_agent_broken_paths") == 1
+    report = prober.report()
+    assert (
+        report is not None
+        and {"vni": 4242, "vtep": str(down), "state": "unreachable"}
+        in (
+            report["paths"]  # type: ignore[operator]
+        )
+    )

@@ -158,12 +158,9 @@ def network_health(
     unreachable = [b for b in broken if b.reason != PairReason.MTU]
     names = ", ".join(f"{b.source}->{b.target} {b.reason.value}" for b in broken[:8])
     if len(expected) <= 1 and not missing:
-        healthy = _cond(
-            HEALTHY, True, HealthReason.SINGLE_NODE, "one node: nothing to probe", generation
-        )
-        mtu = _cond(
-            MTU_VERIFIED, True, HealthReason.SINGLE_NODE, "one node: nothing to probe", generation
-        )
+        why = f"{len(expected)} node(s): no path to probe"
+        healthy = _cond(HEALTHY, True, HealthReason.SINGLE_NODE, why, generation)
+        mtu = _cond(MTU_VERIFIED, True, HealthReason.SINGLE_NODE, why, generation)
     else:
         if unreachable:
             healthy = _cond(HEALTHY, False, HealthReason.BROKEN_PAIRS, names, generation)
@@ -236,3 +233,113 @@ def endpoint_health(
 def unchanged(existing: Iterable[Condition], wanted: Iterable[Condition]) -> bool:
     have = list(existing)
     return all(w.same(conditions.find(have, w.type)) for w in wanted)
+
+
+# -- one aggregation round: API objects in, status documents out -------------------------------
+
+FIELD_MANAGER = "voile-operator-health"  # its own manager: only these fields, never Ready & co
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class StatusWrite:
+    """One status apply of the health aggregation (None namespace: an OverlayNetwork)."""
+
+    kind: str
+    namespace: str | None
+    name: str
+    status: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Round:
+    writes: tuple[StatusWrite, ...]
+    broken: Mapping[str, int]  # network -> broken pairs (for the gauge)
+
+
+def _status_doc(
+    conds: tuple[Condition, Condition],
+    health: dict[str, Any],
+    existing: Mapping[str, Any],
+    now: str,
+) -> dict[str, Any]:
+    return {
+        "health": health,
+        "conditions": conditions.render(conds, existing.get("conditions"), now),
+    }
+
+
+def _changed(existing: Mapping[str, Any], conds: Iterable[Condition], health: Any) -> bool:
+    have = conditions.parse_conditions(existing.get("conditions"))
+    return existing.get("health") != health or not unchanged(have, conds)
+
+
+def plan_round(
+    *,
+    networks: Iterable[Mapping[str, Any]],
+    endpoints: Iterable[Mapping[str, Any]],
+    leases: Iterable[Mapping[str, Any]],
+    now: datetime.datetime,
+    max_age: float,
+) -> Round:
+    """Every status write that the agents' current reports call for (nothing for an object
+    whose health already reads so): each network with a VNI, and each of its Endpoints."""
+    reports: dict[str, NodeReport] = {}
+    for lease in leases:
+        name = str((lease.get("metadata") or {}).get("name", ""))
+        if name.startswith(c.AGENT_LEASE_PREFIX):
+            node = name.removeprefix(c.AGENT_LEASE_PREFIX)
+            parsed = parse_report(node, lease)
+            if parsed is not None:
+                reports[node] = parsed
+    by_network: dict[str, list[Mapping[str, Any]]] = {}
+    for ep in endpoints:
+        spec = ep.get("spec") or {}
+        if spec.get("network") and spec.get("node"):
+            by_network.setdefault(str(spec["network"]), []).append(ep)
+    stamp = clock.rfc3339(now)
+    writes: list[StatusWrite] = []
+    broken: dict[str, int] = {}
+    for net in networks:
+        meta, st = net.get("metadata") or {}, net.get("status") or {}
+        vni = st.get("vni")
+        if not isinstance(vni, int) or meta.get("deletionTimestamp"):
+            continue
+        name = str(meta.get("name", ""))
+        members = by_network.get(name, [])
+        nh = network_health(
+            vni=vni,
+            nodes=(str(ep["spec"]["node"]) for ep in members),
+            reports=reports,
+            now=now,
+            max_age=max_age,
+            generation=int(meta.get("generation") or 0),
+        )
+        broken[name] = len(nh.broken)
+        conds = (nh.healthy, nh.mtu)
+        if _changed(st, conds, nh.status()):
+            writes.append(
+                StatusWrite(
+                    kind=c.OVERLAY_NETWORK,
+                    namespace=None,
+                    name=name,
+                    status=_status_doc(conds, nh.status(), st, stamp),
+                )
+            )
+        for ep in members:
+            emeta, est = ep.get("metadata") or {}, ep.get("status") or {}
+            if emeta.get("deletionTimestamp"):
+                continue
+            node = str(ep["spec"]["node"])
+            econds = endpoint_health(nh, node, int(emeta.get("generation") or 0))
+            mine = [b.to_api() for b in nh.broken if node in (b.source, b.target)]
+            ehealth = {"node": node, "brokenPairs": mine}
+            if _changed(est, econds, ehealth):
+                writes.append(
+                    StatusWrite(
+                        kind=c.ENDPOINT,
+                        namespace=str(emeta.get("namespace", "")),
+                        name=str(emeta.get("name", "")),
+                        status=_status_doc(econds, ehealth, est, stamp),
+                    )
+                )
+    return Round(writes=tuple(writes), broken=broken)
