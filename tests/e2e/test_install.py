@@ -455,6 +455,43 @@ HEALTH_CASES = [
         },
         "Healthy",
     ),
+    (
+        "ready but a pair of nodes cannot reach each other",
+        {
+            "observedGeneration": 2,
+            "conditions": [
+                _cond("Ready", "True", "Ready"),
+                _cond("Stalled", "False"),
+                _cond("DataPathHealthy", "False", "BrokenPairs"),
+                _cond("MTUVerified", "Unknown", "NotProbedYet"),
+            ],
+        },
+        "Degraded",
+    ),
+    (
+        "ready but full-size packets are lost",
+        {
+            "observedGeneration": 2,
+            "conditions": [
+                _cond("Ready", "True", "Ready"),
+                _cond("DataPathHealthy", "True", "Healthy"),
+                _cond("MTUVerified", "False", "MTUTooSmall"),
+            ],
+        },
+        "Degraded",
+    ),
+    (
+        "ready and the probes pass",
+        {
+            "observedGeneration": 2,
+            "conditions": [
+                _cond("Ready", "True", "Ready"),
+                _cond("DataPathHealthy", "True", "Healthy"),
+                _cond("MTUVerified", "True", "Verified"),
+            ],
+        },
+        "Healthy",
+    ),
 ]
 
 
@@ -476,7 +513,12 @@ def test_argocd_health_lua(case: str, status: dict[str, Any] | None, expected: s
         got, message = argocd_health(script, obj)
         assert got == expected, f"{kind} {case}: {got} {message}"
         if expected == "Degraded":
-            assert "AddressTaken" in message
+            assert status is not None
+            causes = [(x["type"], x["status"]) for x in status["conditions"]]
+            cause = next(x for x in status["conditions"] if (x["type"], x["status"]) in
+                         {("Stalled", "True"), ("DataPathHealthy", "False"),
+                          ("MTUVerified", "False")})  # fmt: skip
+            assert cause["message"] in message, (causes, message)
 
 
 def test_template_optional_parts(helm: Helm) -> None:
