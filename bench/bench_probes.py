@@ -35,6 +35,7 @@ from voile.api.model import mac_for
 from voile.controlplane import ControlPlane
 from voile.crds import install_crds
 from voile.lab.host import Fabric, LoopbackForwarder, SimulatedHost, run_id, sh
+from voile.lab.measure import free_octet
 
 NS = "voile-bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -45,10 +46,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def nic_packets(host: SimulatedHost) -> int:
-    out = host.exec("cat", "/sys/class/net/eth0/statistics/rx_packets",
-                    "/sys/class/net/eth0/statistics/tx_packets").stdout.split()  # fmt: skip
-    return sum(int(x) for x in out)
+def nic_counters(host: SimulatedHost) -> tuple[int, int]:
+    """Packets and bytes, both directions, on the host's underlay NIC."""
+    stats = "/sys/class/net/eth0/statistics/"
+    out = [int(x) for x in host.exec(
+        "cat", *(stats + n for n in ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes"))
+    ).stdout.split()]  # fmt: skip
+    return out[0] + out[1], out[2] + out[3]
 
 
 def vswitchd_pid(host: SimulatedHost) -> int:
@@ -188,18 +192,23 @@ def window(
     switches = [vswitchd_pid(h) for h in hosts]
     a0 = [cpu_seconds(p.pid) for p in agents]
     s0 = [cpu_seconds(p) for p in switches]
-    n0 = [nic_packets(h) for h in hosts]
+    n0 = [nic_counters(h) for h in hosts]
     started = time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - started
     a1 = [cpu_seconds(p.pid) for p in agents]
     s1 = [cpu_seconds(p) for p in switches]
-    n1 = [nic_packets(h) for h in hosts]
+    n1 = [nic_counters(h) for h in hosts]
     count = len(hosts)
     return {
         "agent_cpu": 100 * sum(b - a for a, b in zip(a0, a1, strict=True)) / elapsed / count,
         "vswitchd_cpu": 100 * sum(b - a for a, b in zip(s0, s1, strict=True)) / elapsed / count,
-        "nic_pps": sum(b - a for a, b in zip(n0, n1, strict=True)) / elapsed / count,
+        "nic_pps": sum(b[0] - a[0] for a, b in zip(n0, n1, strict=True)) / elapsed / count,
+        "nic_mbps": sum(b[1] - a[1] for a, b in zip(n0, n1, strict=True))
+        * 8
+        / 1e6
+        / elapsed
+        / count,
     }
 
 
@@ -209,11 +218,14 @@ def main() -> int:
     parser.add_argument("--networks", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--octet", type=int, default=0, help="underlay 198.18.<octet>.0/24 "
+                        "(default: a free one)")  # fmt: skip
     args = parser.parse_args()
     rid = run_id()
     workdir = Path(tempfile.mkdtemp(prefix=f"voile-bench-{rid}-"))
     plane = ControlPlane(workdir / "controlplane")
-    fabric = Fabric(workdir / "fabric", rid)
+    octet = args.octet or free_octet()
+    fabric = Fabric(workdir / "fabric", rid, ipaddress.IPv4Network(f"198.18.{octet}.0/24"))
     forwarders: list[LoopbackForwarder] = []
     agents: list[subprocess.Popen[bytes]] = []
     try:
@@ -246,14 +258,16 @@ def main() -> int:
     print(f"probes: {args.hosts} hosts x {args.networks} networks, {paths} paths per node, "
           f"2 probes per path every {args.interval:g} s; window {args.seconds:g} s; "
           f"load {load:.1f}")  # fmt: skip
-    print(f"{'per node':28} {'probes off':>11} {'probes on':>11} {'cost':>9}")
+    print(f"{'per node':28} {'probes off':>11} {'probes on':>11} {'cost':>9} {'ratio':>7}")
     for key, label in (
         ("agent_cpu", "voile-agent CPU %"),
         ("vswitchd_cpu", "ovs-vswitchd CPU %"),
         ("nic_pps", "underlay packets/s"),
+        ("nic_mbps", "underlay Mbit/s"),
     ):
         cost = probed[key] - base[key]
-        print(f"{label:28} {base[key]:11.2f} {probed[key]:11.2f} {cost:9.2f}")
+        ratio = f"{probed[key] / base[key]:7.2f}" if base[key] > 0 else "      -"
+        print(f"{label:28} {base[key]:11.2f} {probed[key]:11.2f} {cost:9.2f} {ratio}")
     expected = paths * 2 * 2 * 2 / args.interval  # out and back, both directions, 2 sizes
     print(f"expected probe packets/s per node on the underlay: {expected:.0f}")
     return 0
