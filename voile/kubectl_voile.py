@@ -190,11 +190,13 @@ def render_status(
             )
         )
     lines += [*table(rows), ""]
-    rows = [("ENDPOINT", "NODE", "NETWORK", "IP", "MAC", "READY")]
+    rows = [("ENDPOINT", "NODE", "NETWORK", "IP", "MAC", "READY", "DATAPATH", "MTU-OK")]
     for ep in sorted(endpoints, key=lambda e: (e["metadata"]["namespace"], e["metadata"]["name"])):
         st = ep.get("status") or {}
         ready = condition(ep, "Ready").get("status", "Unknown")
-        ok &= ready == "True"
+        healthy = condition(ep, "DataPathHealthy").get("status", "-")
+        mtu = condition(ep, "MTUVerified").get("status", "-")
+        ok &= ready == "True" and healthy != "False" and mtu != "False"
         rows.append(
             (
                 f"{ep['metadata']['namespace']}/{ep['metadata']['name']}",
@@ -203,6 +205,8 @@ def render_status(
                 st.get("ip", "-"),
                 st.get("mac", "-"),
                 ready,
+                healthy,
+                mtu,
             )
         )
     lines += table(rows)

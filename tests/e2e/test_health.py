@@ -163,7 +163,11 @@ def test_a_healthy_network_says_so_everywhere(lab: Lab, attached: dict[str, str]
         assert cond(ep, "MTUVerified")["status"] == "True"
         assert ep["status"]["health"]["brokenPairs"] == []
     status = kubectl_voile(lab, "status")
+    print(status.stdout)
     assert status.returncode == 0, status.stdout + status.stderr
+    for name in attached:
+        row = next(r for r in status.stdout.splitlines() if r.startswith(f"default/{name} "))
+        assert row.split()[-3:] == ["True", "True", "True"], row
     line = next(row for row in status.stdout.splitlines() if row.startswith(NET + " "))
     assert line.split()[-4:] == ["True", "True", "True", "3/3"], line
     lab_table, ok = lab.status()  # `voile lab status`: the same tables, the same verdict
@@ -225,7 +229,10 @@ def test_vxlan_dropped_between_two_hosts_names_exactly_that_pair(
             }
             assert ep3["status"]["health"]["brokenPairs"] == []
             status = kubectl_voile(lab, "status")
+            print(status.stdout)
             assert status.returncode == 1, status.stdout
+            row = next(r for r in status.stdout.splitlines() if r.startswith("default/x3 "))
+            assert row.split()[-2:] == ["True", "True"], "x3's node is not affected"
             assert f"{NET}: host-1 -> host-2 Unreachable" in status.stdout
             assert not lab.status()[1]
         finally:
