@@ -188,3 +188,21 @@ def test_a_round_skips_networks_without_a_vni_or_being_deleted() -> None:
         networks=networks, endpoints=_endpoints(), leases=leases, now=NOW, max_age=30
     )
     assert rnd.writes == () and rnd.broken == {}
+
+
+def test_an_endpoint_is_judged_by_its_own_node_paths() -> None:
+    reports = all_ok()
+    reports["h1"] = report("h1", {"h2": "unreachable", "h3": "ok"})
+    reports["h2"] = report("h2", {"h1": "unreachable", "h3": "ok"})
+    h = judge(reports)
+    assert h.mtu.status == c.ConditionStatus.UNKNOWN, "the network cannot verify h1-h2"
+    ok, mtu = health.endpoint_health(h, "h3", 1)
+    assert (ok.status, mtu.status) == (c.ConditionStatus.TRUE, c.ConditionStatus.TRUE)
+    bad, mtu1 = health.endpoint_health(h, "h1", 1)
+    assert (bad.status, mtu1.status) == (c.ConditionStatus.FALSE, c.ConditionStatus.UNKNOWN)
+    # A node whose report is missing leaves every node's paths unmeasured: unknown everywhere.
+    reports.pop("h2")
+    h = judge(reports)
+    for node in ("h1", "h3"):
+        got, _ = health.endpoint_health(h, node, 1)
+        assert got.status == c.ConditionStatus.UNKNOWN and got.reason == "NoReport", node

@@ -100,6 +100,7 @@ class NetworkHealth:
     broken: tuple[BrokenPair, ...]
     healthy: Condition
     mtu: Condition
+    uncertain: frozenset[str] = frozenset()  # nodes with a path not measured yet (or no report)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -140,6 +141,7 @@ def network_health(
     broken: list[BrokenPair] = []
     unknown_pairs = 0
     mtu_pairs = 0
+    uncertain: set[str] = set()
     for a in realized:
         for b in realized:
             if a == b:
@@ -154,7 +156,10 @@ def network_health(
                 broken.append(BrokenPair(source=a, target=b, reason=PairReason.MTU))
             elif ab != "ok":
                 unknown_pairs += 1
+                uncertain.update((a, b))
     missing = [n for n in expected if n not in realized]
+    if missing:
+        uncertain.update(expected)  # every node's path to a missing one is unmeasured
     unreachable = [b for b in broken if b.reason != PairReason.MTU]
     names = ", ".join(f"{b.source}->{b.target} {b.reason.value}" for b in broken[:8])
     if len(expected) <= 1 and not missing:
@@ -202,31 +207,40 @@ def network_health(
                 generation,
             )
     return NetworkHealth(
-        expected=expected, realized=realized, broken=tuple(sorted(broken)), healthy=healthy, mtu=mtu
+        expected=expected,
+        realized=realized,
+        broken=tuple(sorted(broken)),
+        healthy=healthy,
+        mtu=mtu,
+        uncertain=frozenset(uncertain),
     )
 
 
 def endpoint_health(
     health: NetworkHealth, node: str, generation: int
 ) -> tuple[Condition, Condition]:
-    """An Endpoint's two conditions: the network's health as seen from and towards its node."""
+    """An Endpoint's two conditions: the network's paths from and to its node only. A pair
+    elsewhere that is broken does not make it unhealthy; a path of its node not measured yet
+    leaves it as unknown as the network."""
     mine = [b for b in health.broken if node in (b.source, b.target)]
-    net_h, net_m = health.healthy, health.mtu
     unreachable = [b for b in mine if b.reason != PairReason.MTU]
     mtu = [b for b in mine if b.reason == PairReason.MTU]
     text = ", ".join(f"{b.source}->{b.target} {b.reason.value}" for b in mine[:8])
+    unsure = node in health.uncertain or len(health.expected) <= 1
     if unreachable:
         h = _cond(HEALTHY, False, HealthReason.BROKEN_PAIRS, text, generation)
-    elif net_h.status == c.ConditionStatus.FALSE:
-        h = _cond(HEALTHY, True, HealthReason.HEALTHY, "this node's paths answer", generation)
+    elif unsure:
+        h = dataclasses.replace(health.healthy, observed_generation=generation)
     else:
-        h = dataclasses.replace(net_h, observed_generation=generation)
+        h = _cond(HEALTHY, True, HealthReason.HEALTHY, "this node's paths answer", generation)
     if mtu:
         m = _cond(MTU_VERIFIED, False, HealthReason.MTU_TOO_SMALL, text, generation)
-    elif net_m.status == c.ConditionStatus.FALSE:
-        m = _cond(MTU_VERIFIED, True, HealthReason.VERIFIED, "this node's paths pass", generation)
+    elif unsure:
+        m = dataclasses.replace(health.mtu, observed_generation=generation)
+    elif unreachable:
+        m = _cond(MTU_VERIFIED, None, HealthReason.NOT_PROBED, "not every path answers", generation)
     else:
-        m = dataclasses.replace(net_m, observed_generation=generation)
+        m = _cond(MTU_VERIFIED, True, HealthReason.VERIFIED, "this node's paths pass", generation)
     return h, m
 
 
