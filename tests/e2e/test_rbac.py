@@ -76,7 +76,7 @@ MATRIX: list[tuple[str, str, str, bool, bool]] = [
     ("update", "leases/voile-operator", RELEASE, False, False),
     ("patch", "leases/voile-agent-node-1", RELEASE, False, True),
     ("patch", "leases/voile-operator", RELEASE, True, True),  # see docs/install.md, "Limits"
-    ("list", "leases", RELEASE, False, False),
+    ("list", "leases", RELEASE, True, False),  # the operator reads the probe reports
     ("delete", "leases", RELEASE, False, False),
     ("create", "leases", SYSTEM, False, False),
     ("create", "events", USER, True, True),
