@@ -34,7 +34,7 @@ from voile.processes import alive
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 NETNS_DIR = Path("/run/netns")
-DATAPATHS = ("ovs", "ebpf")
+DATAPATHS = ("ovs", "ebpf", "none")  # none: a bare namespace (benchmarks' baselines)
 
 
 def run_id() -> str:
@@ -260,7 +260,7 @@ class SimulatedHost:
         sh("ip", "-n", self.namespace, "link", "set", self.underlay_interface, "up")
         if self.datapath == "ebpf":
             self._mount_bpffs()
-        else:
+        elif self.datapath == "ovs":
             self._start_ovs()
         return self
 
