@@ -355,7 +355,7 @@ def main() -> int:
         f"| {'path':32} | {'Gbit/s':>6} | {'x underlay':>10} | {'x kernel VXLAN+bridge':>21} "
         f"| {'ping ms':>7} | {'cores per Gbit/s':>16} |"
     )
-    print(f"| {'-' * 32} | {'-' * 6}: | {'-' * 10}: | {'-' * 21}: | {'-' * 7}: | {'-' * 16}: |")
+    print(f"| {'-' * 32} | {'-' * 5}: | {'-' * 9}: | {'-' * 20}: | {'-' * 6}: | {'-' * 15}: |")
     for name in [UNDERLAY, KERNEL, OVS, EBPF, EBPF_OFF]:
         g = med[name]
         per = statistics.median(cores[name]) / g if g > 0 else float("inf")
