@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -511,6 +512,30 @@ async def _ebpf_drift(h1: SimulatedHost, agent: Any, port: str, ns1: str, resync
     deadline = time.monotonic() + resync + 10
     while not attached():
         assert time.monotonic() < deadline, "program not re-attached"
+        await asyncio.sleep(0.3)
+    await wait_ping(ns1, "198.19.10.3", timeout=resync + 10)
+
+    # The agent's own view (local API): healthy eBPF, and its dump shows the maps.
+    from voile.agentapi import AgentClient
+
+    client = AgentClient(str(h1.attach_socket))
+    _, status = client.request("GET", "/v1/status")
+    assert status["datapath"]["kind"] == "ebpf" and status["datapath"]["healthy"], status
+    _, dump = client.request("GET", "/v1/dump")
+    assert "voile_fdb" in json.dumps(dump), str(dump)[:2000]
+
+    # The tunnel device's program removed by hand: the next pass puts it back.
+    def on_vxlan() -> bool:
+        return (
+            "from_vxlan" in h1.exec("tc", "filter", "show", "dev", "voile-vxlan", "ingress").stdout
+        )
+
+    with agent.paused():
+        h1.exec("tc", "qdisc", "del", "dev", "voile-vxlan", "clsact")
+        assert not on_vxlan()
+    deadline = time.monotonic() + resync + 10
+    while not on_vxlan():
+        assert time.monotonic() < deadline, "from_vxlan not re-attached"
         await asyncio.sleep(0.3)
     await wait_ping(ns1, "198.19.10.3", timeout=resync + 10)
 

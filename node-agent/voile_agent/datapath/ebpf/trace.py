@@ -7,7 +7,6 @@ exact drop reason (``maps.Drop``) the program would count.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 
 from voile.api.trace import Result, Tunnel
@@ -169,7 +168,3 @@ def _from_tunnel(
                 return _local(query, names, [*hops, rule], entry.ifindex, entry.peer)
             return _dropped([*hops, rule], Drop.NO_LOCAL_DESTINATION)
     return _flood(query, tables, names, hops, vni, 0, from_tunnel=True)
-
-
-def local_vtep(tables: Tables) -> ipaddress.IPv4Address | None:
-    return tables.vtep
