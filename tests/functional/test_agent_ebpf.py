@@ -21,7 +21,8 @@ import asyncio, json, sys
 from voile_agent.datapath.ebpf.backend import EbpfDatapath, EbpfSettings
 
 async def main(step):
-    dp = EbpfDatapath(EbpfSettings(vtep_interface="eth0", bpffs=sys.argv[2]))
+    vtep = dict(vtep_ip=sys.argv[3]) if len(sys.argv) > 3 else dict(vtep_interface="eth0")
+    dp = EbpfDatapath(EbpfSettings(bpffs=sys.argv[2], **vtep))
     out = {}
     if step in ("setup", "setup-health"):
         out["vtep"] = str(await dp.ensure_host())
@@ -46,8 +47,8 @@ def host(tmp_path: Path) -> Iterator[SimulatedHost]:
         fabric.stop()
 
 
-def step(host: SimulatedHost, name: str) -> dict[str, object]:
-    proc = host.exec(sys.executable, "-c", SCRIPT, name, str(host.bpffs), check=False)
+def step(host: SimulatedHost, name: str, *extra: str) -> dict[str, object]:
+    proc = host.exec(sys.executable, "-c", SCRIPT, name, str(host.bpffs), *extra, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
@@ -84,3 +85,10 @@ def test_setup_health_repair_and_cleanup(host: SimulatedHost) -> None:
     assert step(host, "cleanup")["removed"] == {"links": 0, "devices": 0, "pins": 0}
     healthy, _, message = step(host, "health")["health"]  # type: ignore[misc]
     assert not healthy and "progs/from_ep" in message
+
+    # With --vtep-ip the VXLAN device's MTU comes from the interface that holds the address
+    # (a jumbo underlay here: 9000 - 50).
+    host.exec("ip", "link", "set", "eth0", "mtu", "9000")
+    assert step(host, "setup", "198.18.22.1")["vtep"] == "198.18.22.1"
+    assert " mtu 8950 " in host.exec("ip", "link", "show", "voile-vxlan").stdout
+    step(host, "cleanup")

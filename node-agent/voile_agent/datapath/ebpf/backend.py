@@ -178,7 +178,11 @@ class EbpfDatapath:
         else:
             log.info("bpf pins adopted pins=%s", s.pin_dir)
         vtep = self._vtep_address()
-        mtu = netlink.mtu_of(s.vtep_interface) if s.vtep_interface else None
+        mtu = (
+            netlink.mtu_of(s.vtep_interface)
+            if s.vtep_interface
+            else kernel.mtu_of_address(str(vtep))
+        )
         self._vxlan_ifindex = kernel.ensure_vxlan(
             s.vxlan_device, port=s.vxlan_port, mtu=(mtu - VXLAN_OVERHEAD) if mtu else None
         )

@@ -137,6 +137,20 @@ def links() -> dict[str, tuple[int, str]]:
         raise DatapathError(f"cannot list links: {exc}") from exc
 
 
+def mtu_of_address(address: str) -> int | None:
+    """The MTU of the interface that holds ``address`` (the VTEP given as --vtep-ip), None when
+    no interface of this namespace has it."""
+    try:
+        with IPRoute() as ipr:
+            for addr in ipr.get_addr(family=2):
+                if addr.get_attr("IFA_ADDRESS") == address:
+                    link = ipr.get_links(addr["index"])[0]
+                    return int(link.get_attr("IFLA_MTU"))
+    except (NetlinkError, OSError) as exc:
+        raise DatapathError(f"cannot read addresses: {exc}") from exc
+    return None
+
+
 def _set_up(name: str, *, mtu: int | None = None) -> None:
     argv = ["ip", "link", "set", "dev", name, "alias", DEVICE_ALIAS]
     if mtu:
