@@ -158,6 +158,51 @@ async def test_cross_host_ping_tcp_and_mtu(lab: tuple[Lab, Operator]) -> None:
 
 
 @BACKENDS
+async def test_arp_is_answered_locally_and_spoofed_sources_are_dropped(
+    lab: tuple[Lab, Operator],
+) -> None:
+    """ARP for a remote endpoint is answered on the source's host (no ARP in the tunnel); a
+    source IP or MAC that is not the endpoint's own does not get through."""
+    the_lab, op = lab
+    _, ns1, _ = await two_endpoints(the_lab, op, vni=5005)
+    h1, _ = the_lab.hosts
+    await wait_ping(ns1, "198.19.10.3")
+    in_ns(ns1, "ip", "neigh", "flush", "dev", "eth0")
+    capture = spawn(
+        "ip", "netns", "exec", h1.namespace, "timeout", "6",
+        "tcpdump", "-n", "-l", "-i", h1.underlay_interface, "udp", "port", "4789",
+    )  # fmt: skip
+    try:
+        await asyncio.sleep(1.5)
+        assert ping(ns1, "198.19.10.3", count=2).returncode == 0
+        wire, _ = capture.communicate(timeout=30)
+    finally:
+        if capture.poll() is None:
+            capture.kill()
+            capture.wait(5)
+    assert "ICMP echo request" in wire, wire
+    assert "who-has 198.19.10.3" not in wire and "ARP" not in wire, wire
+    assert "198.19.10.3" in in_ns(ns1, "ip", "neigh", "show", "dev", "eth0").stdout
+
+    # Another source address than the endpoint's own: dropped.
+    in_ns(ns1, "ip", "addr", "add", "198.19.10.50/32", "dev", "eth0")
+    assert ping(ns1, "198.19.10.3", "-I", "198.19.10.50", count=2).returncode != 0
+    in_ns(ns1, "ip", "addr", "del", "198.19.10.50/32", "dev", "eth0")
+    # Another source MAC: dropped (its ARP and its pings); its own MAC again: through.
+    mac = in_ns(ns1, "cat", "/sys/class/net/eth0/address").stdout.strip()
+    in_ns(ns1, "ip", "link", "set", "eth0", "address", "0a:58:c6:13:0a:63")
+    in_ns(ns1, "ip", "neigh", "flush", "dev", "eth0")
+    try:
+        assert ping(ns1, "198.19.10.3", count=2).returncode != 0
+    finally:
+        in_ns(ns1, "ip", "link", "set", "eth0", "address", mac)
+    await wait_ping(ns1, "198.19.10.3")
+    if h1.datapath == "ebpf":
+        drops = {e["key"]: sum(v["value"] for v in e["values"]) for e in bpf_map(h1, "voile_drops")}
+        assert drops[2] > 0 and (drops[1] > 0 or drops[3] > 0), drops  # spoofed ip; mac / arp
+
+
+@BACKENDS
 async def test_same_cidr_networks_never_see_each_other(lab: tuple[Lab, Operator]) -> None:
     the_lab, op = lab
     h1, h2 = the_lab.hosts or the_lab.add_hosts(2)
