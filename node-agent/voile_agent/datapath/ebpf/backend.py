@@ -172,9 +172,11 @@ class EbpfDatapath:
         elif (s.pin_dir / "progs").exists() or (s.pin_dir / "maps").exists():
             log.warning("pins incomplete, reloading missing=%s", ",".join(missing))
         if reload:
+            # New programs and empty maps: this pass's program() writes every entry again.
             self._close_maps()
             kernel.load(obj, s.pin_dir)
             self._open_maps()
+            self._written.clear()
         else:
             log.info("bpf pins adopted pins=%s", s.pin_dir)
         vtep = self._vtep_address()
