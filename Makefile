@@ -19,7 +19,7 @@ APT_PACKAGES := openvswitch-switch openvswitch-common iproute2 iputils-ping iper
                 clang llvm libbpf-dev bpftool nftables conntrack
 PYTEST_ARGS ?=
 
-.PHONY: help setup apt venv tools images test test-unit test-functional test-e2e lab lab-down \
+.PHONY: help setup apt venv tools images bpf test test-unit test-functional test-e2e lab lab-down \
         lint fmt clean bench
 
 help:
@@ -28,7 +28,7 @@ help:
 	@echo "make lint   - ruff, mypy --strict, import-linter, gofmt + go vet (hack/cni)"
 	@echo "make setup  - only install what is missing (idempotent)"
 
-setup: apt venv tools images
+setup: apt venv tools images bpf
 
 # The packages' services never start here: a policy-rc.d answering 101 ("action forbidden") keeps
 # invoke-rc.d and deb-systemd-invoke from starting dockerd (which rewrites iptables unless run with
@@ -73,6 +73,11 @@ tools:
 # cached in $(VOILE_CACHE)/images by busybox-static version.
 images: apt venv
 	@$(PY) -m voile.lab.images
+
+# The eBPF datapath's programs (node-agent/voile_agent/datapath/ebpf/bpf/voile.c), compiled with
+# clang -target bpf and cached in $(VOILE_CACHE)/bpf by source hash (the agent finds them there).
+bpf: apt venv
+	@$(PY) -m voile_agent.datapath.ebpf.build | sed 's/^/bpf: /'
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)

@@ -111,7 +111,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="voile-bench-cni-") as tmp:
         lab = Lab(Path(tmp) / "lab", run_id=rid, underlay_octet=free_octet())
         try:
-            lab.up(hosts=2)
+            lab.up(hosts=2, datapath="ovs")
             env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig)}
             subprocess.run(
                 ["kubectl", "apply", "-f", "-"],

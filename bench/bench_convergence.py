@@ -123,7 +123,7 @@ def main() -> int:
         lab = Lab(Path(tmp) / "lab", run_id="bench", underlay_octet=9)
         names: list[str] = []
         try:
-            lab.up(hosts=args.hosts)
+            lab.up(hosts=args.hosts, datapath="ovs")
             env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig)}
             network = (
                 "apiVersion: voile.dev/v1alpha1\nkind: OverlayNetwork\n"

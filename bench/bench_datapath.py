@@ -1,14 +1,21 @@
-"""TCP throughput, one stream, endpoint to endpoint across two simulated hosts, three ways:
+"""Single-stream TCP and ping latency, endpoint to endpoint across two simulated hosts, five
+ways, in one run (rounds interleaved, so all paths share the machine's conditions):
 
-1. through Voile: real control plane, real `voile-agent` per host, OVS userspace datapath
+1. over the underlay veth between two host namespaces (the limit here);
+2. plain kernel VXLAN + a Linux bridge per host, static flood entry (Flannel / Docker overlay);
+3. Voile on OVS: real control plane, real `voile-agent` per host, OVS userspace datapath
    (netdev, AF_PACKET ports), flow-based VXLAN;
-2. through plain kernel VXLAN + a Linux bridge per host (what Flannel and Docker's overlay do);
-3. over the underlay veth between two host namespaces (the physical limit here).
+4. Voile on eBPF: tc programs and a VXLAN device in external mode, TX offloads on (default);
+5. Voile on eBPF with TX offloads off on the endpoints (what a network shared with OVS netdev
+   hosts needs).
 
-Prints one table with the ratios to the underlay. Bounded: each iperf3 runs -t SECONDS (default
-3). Run as root: ``.venv/bin/python bench/bench_datapath.py [--seconds 3]``. Everything it makes
-(namespaces, daemons, the control plane) is removed at the end, also on failure. Only
-198.18.0.0/15 addresses, only inside namespaces it creates.
+Prints the median over --rounds of Gbit/s, the ratios to the underlay and to kernel VXLAN +
+bridge, the ping RTT (median of 20 pings at 10 ms) and CPU per Gbit/s (cores busy during the
+iperf3 run, machine-wide from /proc/stat, divided by Gbit/s: noisy where other work runs).
+Bounded: each iperf3 runs -t SECONDS. Run as root:
+``.venv/bin/python bench/bench_datapath.py [--seconds 3] [--rounds 3]``. Everything it makes
+(namespaces, daemons, bpffs mounts, the control plane) is removed at the end, also on failure.
+Only 198.18.0.0/15 addresses (underlay 198.18.<--octet>.0/24), only inside namespaces it creates.
 """
 
 from __future__ import annotations
@@ -18,11 +25,15 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import os
+import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -34,6 +45,33 @@ from voile.crds import install_crds
 from voile.lab.host import Fabric, LoopbackForwarder, SimulatedHost, run_id, sh
 
 NS = "voile-bench"
+
+
+def busy_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs so far (/proc/stat)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def iperf_cpu(server_ns: str, client_ns: str, address: str, seconds: int) -> tuple[float, float]:
+    """(Gbit/s, cores busy machine-wide meanwhile)."""
+    busy0, total0 = busy_jiffies()
+    gbps = iperf(server_ns, client_ns, address, seconds)
+    busy1, total1 = busy_jiffies()
+    cores = (os.cpu_count() or 1) * (busy1 - busy0) / max(1, total1 - total0)
+    return gbps, cores
+
+
+def ping_rtt(netns: str, address: str) -> float:
+    """Median RTT (ms) of 20 pings at 10 ms intervals."""
+    out = sh(
+        "ip", "netns", "exec", netns, "ping", "-n", "-c", "20", "-i", "0.01", "-W", "1", address,
+        check=False, timeout=30,
+    ).stdout  # fmt: skip
+    rtts = [float(x) for x in re.findall(r"time=([0-9.]+) ms", out)]
+    return statistics.median(rtts) if rtts else float("nan")
 
 
 def iperf(server_ns: str, client_ns: str, address: str, seconds: int) -> float:
@@ -80,9 +118,12 @@ def wait_ping(netns: str, address: str, timeout: float = 60) -> None:
 # -- 1. Voile ------------------------------------------------------------------------------------
 
 
-async def voile_setup(kubeconfig: Path, rid: str, hosts: list[SimulatedHost]) -> list[str]:
-    """A network and one endpoint per host, allocated the way the operator would."""
-    net = f"bench-{rid}"
+async def voile_setup(
+    kubeconfig: Path, rid: str, hosts: list[SimulatedHost], *, octet: int, vni: int
+) -> list[str]:
+    """A network (198.19.<octet>.0/24) and one endpoint per host, allocated the way the
+    operator would."""
+    net = f"bench-{rid}-{vni}"
     nss = []
     async with (
         kube.KubeClient.from_config(str(kubeconfig)) as user,
@@ -101,7 +142,7 @@ async def voile_setup(kubeconfig: Path, rid: str, hosts: list[SimulatedHost]) ->
                 "apiVersion": c.API_VERSION,
                 "kind": c.OVERLAY_NETWORK,
                 "metadata": {"name": net},
-                "spec": {"cidr": "198.19.30.0/24"},
+                "spec": {"cidr": f"198.19.{octet}.0/24"},
             },
         )
         await op.patch(
@@ -110,15 +151,15 @@ async def voile_setup(kubeconfig: Path, rid: str, hosts: list[SimulatedHost]) ->
                 "apiVersion": c.API_VERSION,
                 "kind": c.OVERLAY_NETWORK,
                 "metadata": {"name": net},
-                "status": {"vni": 3030, "mtu": 1450},
+                "status": {"vni": vni, "mtu": 1450},
             },
             kind="apply",
         )
         for i, host in enumerate(hosts):
             ns_path = host.endpoint_namespace("bench")
             nss.append(ns_path)
-            ip = f"198.19.30.{i + 2}"
-            name = f"bench-{rid}-{i}"
+            ip = f"198.19.{octet}.{i + 2}"
+            name = f"bench-{rid}-{vni}-{i}"
             await user.create(
                 kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=NS),
                 {
@@ -144,7 +185,7 @@ async def voile_setup(kubeconfig: Path, rid: str, hosts: list[SimulatedHost]) ->
                         "ip": ip,
                         "mac": mac_for(ipaddress.IPv4Address(ip)),
                         "prefixLength": 24,
-                        "vni": 3030,
+                        "vni": vni,
                         "mtu": 1450,
                     },
                 },
@@ -225,41 +266,72 @@ def kernel_vxlan(host: SimulatedHost, peer: SimulatedHost, pod_ip: str) -> str:
     return p
 
 
+UNDERLAY = "underlay veth (host to host)"
+KERNEL = "kernel VXLAN + Linux bridge"
+OVS = "Voile on OVS (netdev)"
+EBPF = "Voile on eBPF (offloads on)"
+EBPF_OFF = "Voile on eBPF (offloads off)"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--octet", type=int, default=21, help="underlay 198.18.<octet>.0/24")
     args = parser.parse_args()
     rid = run_id()
     workdir = Path(tempfile.mkdtemp(prefix=f"voile-bench-{rid}-"))
     plane = ControlPlane(workdir / "controlplane")
-    fabric = Fabric(workdir / "fabric", rid)
+    underlay = ipaddress.IPv4Network(f"198.18.{args.octet}.0/24")
+    fabric = Fabric(workdir / "fabric", rid, underlay)
     agents: list[subprocess.Popen[bytes]] = []
     forwarders: list[LoopbackForwarder] = []
-    results: dict[str, float] = {}
+    gbps: dict[str, list[float]] = defaultdict(list)
+    cores: dict[str, list[float]] = defaultdict(list)
+    rtt: dict[str, list[float]] = defaultdict(list)
     try:
-        print("# starting control plane and 4 simulated hosts", file=sys.stderr)
+        print("# starting control plane and 8 simulated hosts", file=sys.stderr)
         endpoints = plane.start()
         port = int(urlparse(endpoints.server).port or 443)
         fabric.start()
-        voile_hosts = [fabric.host(i).start() for i in (1, 2)]
-        kernel_hosts = [fabric.host(i).start() for i in (11, 12)]
-        for host in voile_hosts:
-            forwarders.append(LoopbackForwarder(host.netns_path, port).start())
-            agents.append(start_agent(host, endpoints.kubeconfig, f"bench-{rid}-{host.name}"))
-        nss = asyncio.run(voile_setup(endpoints.kubeconfig, rid, voile_hosts))
-        a, b = (Path(p).name for p in nss)
-        wait_ping(a, "198.19.30.3", timeout=90)
-        results["voile (OVS netdev, VXLAN)"] = iperf(b, a, "198.19.30.3", args.seconds)
+        pairs: dict[str, list[SimulatedHost]] = {
+            OVS: [fabric.host(i, datapath="ovs") for i in (1, 2)],
+            EBPF: [fabric.host(i, datapath="ebpf") for i in (3, 4)],
+            EBPF_OFF: [fabric.host(i, datapath="ebpf") for i in (5, 6)],
+        }
+        for host in pairs[EBPF_OFF]:
+            host.offload = False
+        kernel_hosts = [fabric.host(i, datapath="none").start() for i in (11, 12)]
+        paths: dict[str, tuple[str, str, str]] = {}  # name -> (server ns, client ns, address)
+        for (name, hosts), (octet, vni) in zip(
+            pairs.items(), ((30, 3030), (32, 3032), (33, 3033)), strict=True
+        ):
+            for host in hosts:
+                host.start()
+                forwarders.append(LoopbackForwarder(host.netns_path, port).start())
+                node = f"bench-{rid}-{host.name}"
+                agents.append(start_agent(host, endpoints.kubeconfig, node))
+            nss = asyncio.run(voile_setup(endpoints.kubeconfig, rid, hosts, octet=octet, vni=vni))
+            a, b = (Path(p).name for p in nss)
+            wait_ping(a, f"198.19.{octet}.3", timeout=120)
+            paths[name] = (b, a, f"198.19.{octet}.3")
 
         k1 = kernel_vxlan(kernel_hosts[0], kernel_hosts[1], "198.19.31.2")
         k2 = kernel_vxlan(kernel_hosts[1], kernel_hosts[0], "198.19.31.3")
         wait_ping(k1, "198.19.31.3")
-        results["kernel VXLAN + Linux bridge"] = iperf(k2, k1, "198.19.31.3", args.seconds)
-
+        paths[KERNEL] = (k2, k1, "198.19.31.3")
         h1, h2 = (h.namespace for h in kernel_hosts)
-        results["underlay veth (host to host)"] = iperf(
-            h2, h1, str(kernel_hosts[1].address), args.seconds
-        )
+        paths[UNDERLAY] = (h2, h1, str(kernel_hosts[1].address))
+
+        order = [UNDERLAY, KERNEL, OVS, EBPF, EBPF_OFF]
+        for r in range(args.rounds):
+            for name in order:
+                server, client, address = paths[name]
+                g, busy = iperf_cpu(server, client, address, args.seconds)
+                gbps[name].append(g)
+                cores[name].append(busy)
+                rtt[name].append(ping_rtt(client, address))
+                print(f"# round {r + 1} {name}: {g:.2f} Gbit/s", file=sys.stderr)
     finally:
         for proc in agents:
             proc.send_signal(signal.SIGTERM)
@@ -273,13 +345,24 @@ def main() -> int:
         plane.stop()
         sh("rm", "-rf", str(workdir), check=False)
 
-    base = results["underlay veth (host to host)"]
-    print(f"TCP throughput, 1 stream, iperf3 -t {args.seconds} (Gbit/s)")
-    print(f"{'path':40} {'Gbit/s':>8} {'vs underlay':>12}")
-    for name, gbps in results.items():
-        print(f"{name:40} {gbps:8.2f} {gbps / base:11.1%}")
-    voile, kernel = results["voile (OVS netdev, VXLAN)"], results["kernel VXLAN + Linux bridge"]
-    print(f"voile / kernel VXLAN = {voile / kernel:.1%}")
+    med = {name: statistics.median(v) for name, v in gbps.items()}
+    base, kernel = med[UNDERLAY], med[KERNEL]
+    print(
+        f"TCP 1 stream, iperf3 -t {args.seconds}, median of {args.rounds} rounds; "
+        "ping: median of 20 at 10 ms"
+    )
+    print(
+        f"| {'path':32} | {'Gbit/s':>6} | {'x underlay':>10} | {'x kernel VXLAN+bridge':>21} "
+        f"| {'ping ms':>7} | {'cores per Gbit/s':>16} |"
+    )
+    print(f"| {'-' * 32} | {'-' * 5}: | {'-' * 9}: | {'-' * 20}: | {'-' * 6}: | {'-' * 15}: |")
+    for name in [UNDERLAY, KERNEL, OVS, EBPF, EBPF_OFF]:
+        g = med[name]
+        per = statistics.median(cores[name]) / g if g > 0 else float("inf")
+        print(
+            f"| {name:32} | {g:6.2f} | {g / base:10.2f} | {g / kernel:21.2f} "
+            f"| {statistics.median(rtt[name]):7.3f} | {per:16.2f} |"
+        )
     return 0
 
 

@@ -166,7 +166,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="voile-bench-pods-") as tmp:
         lab = Lab(Path(tmp) / "lab", run_id=f"bp{run_id()[:4]}", underlay_octet=free_octet())
         try:
-            lab.up(hosts=3, nodes=True, pod_network=NETWORK)
+            lab.up(hosts=3, nodes=True, pod_network=NETWORK, datapath="ovs")
             baseline = lab.node(3)
             baseline.set_cni(bridge_conflist("bench-bridge", BRIDGE_SUBNET, baseline.directory))
             wait_all([baseline], lab.kubeconfig)

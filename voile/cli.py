@@ -41,7 +41,9 @@ def _lab(args: argparse.Namespace) -> int:
 
     lab = Lab()
     if args.action == "up":
-        kubeconfig = lab.up(hosts=args.hosts, nodes=args.nodes, pod_network=args.pod_network)
+        kubeconfig = lab.up(
+            hosts=args.hosts, nodes=args.nodes, pod_network=args.pod_network, datapath=args.datapath
+        )
         print(f"export KUBECONFIG={kubeconfig}")
     elif args.action == "down":
         lab.down()
@@ -108,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--pod-network",
         help="the OverlayNetwork of Pods without the annotation voile.dev/network (default blue)",
+    )
+    up.add_argument(
+        "--datapath",
+        choices=["auto", "ovs", "ebpf"],
+        default="auto",
+        help="the hosts' datapath: ebpf (tc programs, the kernel's underlay), ovs (userspace "
+        "OVS per host), auto (ebpf where the kernel runs it, else ovs; the default)",
     )
     lab_sub.add_parser("down", help="remove everything the lab created")
     lab_sub.add_parser("status", help="hosts, networks and endpoints; non-zero if not all Ready")

@@ -26,6 +26,7 @@ from voile_agent import __version__
 from voile_agent.controller.agent import Agent, AgentSettings
 from voile_agent.controller.source import AgentSource, Pulse
 from voile_agent.datapath.base import Datapath
+from voile_agent.datapath.ebpf.backend import EbpfDatapath, EbpfSettings
 from voile_agent.datapath.null import NullDatapath
 from voile_agent.datapath.ovs import OvsDatapath, OvsSettings
 from voile_agent.datapath.ovs.model import DatapathType
@@ -46,7 +47,8 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get("VOILE_" + name.upper().replace("-", "_"), default)
 
 
-BACKENDS = ("ovs", "null")
+BACKENDS = ("auto", "ovs", "ebpf", "null")
+OVS_MODULE = Path("/sys/module/openvswitch")
 DEFAULT_ATTACH_SOCKET = "/run/voile/agent.sock"
 DEFAULT_STATE_DIR = "/var/lib/voile"
 DEFAULT_CNI_SPOOL_DIR = "/var/lib/voile/cni-pending"
@@ -56,9 +58,11 @@ def _add_datapath_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--datapath",
         choices=BACKENDS,
-        default=_env("datapath", "ovs"),
-        help="the datapath backend: ovs (Open vSwitch), or null (memory only: measures the "
-        "control plane alone, for scale tests)",
+        default=_env("datapath", "auto"),
+        help="the datapath backend: ovs (Open vSwitch), ebpf (tc programs on a VXLAN device in "
+        "external mode), auto (ovs with --datapath-type netdev or where the openvswitch kernel "
+        "module is loaded, else ebpf), or null (memory only: measures the control plane alone, "
+        "for scale tests)",
     )
     vtep = p.add_mutually_exclusive_group()
     vtep.add_argument("--vtep-ip", default=_env("vtep-ip"))
@@ -99,6 +103,25 @@ def _add_datapath_options(p: argparse.ArgumentParser) -> None:
         "its addresses (the userspace datapath routes outer packets itself)",
     )
     p.add_argument("--underlay-bridge", default=_env("underlay-bridge", "br-underlay"))
+    p.add_argument(
+        "--bpffs",
+        default=_env("bpffs", "/sys/fs/bpf"),
+        help="ebpf: the bpffs the programs and maps are pinned in (under voile/); it must "
+        "outlive the agent",
+    )
+    p.add_argument(
+        "--bpf-object",
+        default=_env("bpf-object"),
+        help="ebpf: a compiled voile.c (default: the cached build, compiled with clang if missing)",
+    )
+    p.add_argument(
+        "--offload",
+        choices=["on", "off"],
+        default=_env("offload", "on"),
+        help="ebpf: TX checksum and segmentation offload on the endpoints' interfaces; off for "
+        "hosts that share networks with OVS netdev (userspace) hosts, which cannot take "
+        "partial checksums or GSO frames",
+    )
     p.add_argument("--log-level", default=_env("log-level", "info"))
     p.add_argument("--log-format", choices=["text", "json"], default=_env("log-format", "text"))
 
@@ -184,10 +207,38 @@ def _allowed_dirs(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(env.split(",")) if env else DEFAULT_ALLOWED_NETNS_DIRS
 
 
+def choose_backend(args: argparse.Namespace) -> str:
+    """``auto``: Open vSwitch where it can forward in the kernel (the openvswitch module is
+    loaded) or was asked for its userspace datapath (--datapath-type netdev), else eBPF."""
+    if args.datapath != "auto":
+        return str(args.datapath)
+    if args.datapath_type == DatapathType.NETDEV.value or OVS_MODULE.exists():
+        return "ovs"
+    return "ebpf"
+
+
 def build_datapath(args: argparse.Namespace) -> Datapath:
     """The backend the flags choose; the only place that knows the backends."""
-    if args.datapath == "null":
+    backend = choose_backend(args)
+    if args.datapath == "auto":
+        log.info("datapath auto: chose %s", backend)
+    if backend == "null":
         return NullDatapath(vtep_ip=args.vtep_ip or "198.18.0.1")
+    if backend == "ebpf":
+        datapath = EbpfDatapath(
+            EbpfSettings(
+                vtep_ip=args.vtep_ip,
+                vtep_interface=args.vtep_interface,
+                bpffs=args.bpffs,
+                vxlan_port=args.vxlan_port,
+                allowed_netns_dirs=_allowed_dirs(args),
+                offload=args.offload == "on",
+                bpf_object=args.bpf_object,
+            )
+        )
+        if args.command == "run":
+            prometheus_client.REGISTRY.register(datapath.collector())
+        return datapath
     if len(args.tunnel_port) > 15 or len(args.bridge) > 15:
         raise VoileError("--tunnel-port and --bridge must be at most 15 characters")
     return OvsDatapath(

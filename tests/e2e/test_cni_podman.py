@@ -53,7 +53,7 @@ RUNTIMES: dict[str, lab_podman.Podman] = {}  # each host's podman, conflists cur
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = Lab(tmp_path_factory.mktemp("cni-lab"), run_id=f"cni{run_id()[:3]}", underlay_octet=11)
     try:
-        lab.up(hosts=3)
+        lab.up(hosts=3, datapath="ovs")
         yield lab
     finally:
         containers = set()

@@ -47,7 +47,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = Lab(tmp_path_factory.mktemp("dk-lab"), run_id=f"dk{run_id()[:4]}", underlay_octet=12)
     cgroups: list[str] = []
     try:
-        lab.up(hosts=3)
+        lab.up(hosts=3, datapath="ovs")
         net(lab, "dblue", CIDR)
         for host in HOSTS:
             cgroups.append(lab.docker_of(host).cgroup_parent)

@@ -155,6 +155,7 @@ def test_template_default_values(helm: Helm) -> None:
     assert env["VOILE_VTEP_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
     assert "VOILE_UNDERLAY_INTERFACE" not in env
     assert env["VOILE_DATAPATH_TYPE"] == "system"
+    assert (env["VOILE_DATAPATH"], env["VOILE_BPFFS"]) == ("auto", "/sys/fs/bpf")
     assert env["VOILE_VXLAN_PORT"] == "4789"
     assert env["VOILE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     container = pod["containers"][0]
@@ -166,6 +167,7 @@ def test_template_default_values(helm: Helm) -> None:
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert set(mounts) == {
         "/run/openvswitch",
+        "/sys/fs/bpf",  # ebpf: the node's bpffs, so pins outlive the pod
         "/var/run/netns",
         "/run/voile",
         "/var/lib/voile/cni-pending",
@@ -229,6 +231,7 @@ def test_template_custom_values(helm: Helm) -> None:
     ("values", "complaint"),
     [
         ({"datapathType": "dpdk"}, "/datapathType"),
+        ({"datapath": "xdp"}, "/datapath"),
         ({"vtepIP": "198.18.0.300"}, "/vtepIP"),
         ({"vtepInterface": "an-interface-name-too-long"}, "/vtepInterface"),
         ({"vtepInterface": "eth1", "vtepIP": "198.18.0.1"}, "'not' failed"),

@@ -64,7 +64,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     before = sysctls()
     lab = Lab(tmp_path_factory.mktemp("kn-lab"), run_id=f"kn{run_id()[:3]}", underlay_octet=14)
     try:
-        lab.up(hosts=3, nodes=True, pod_network=DEFAULT_NET)
+        lab.up(hosts=3, nodes=True, pod_network=DEFAULT_NET, datapath="ovs")
         kubectl(
             lab,
             "apply",

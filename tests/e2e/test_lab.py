@@ -237,7 +237,9 @@ def test_overlapping_cidrs_are_isolated(lab: Lab) -> None:
     # Across the two networks, the same addresses: the trace shows where it is dropped.
     other = kubectl_voile(lab, "trace", "default/a1", "default/b2")
     assert other.returncode == 1, other.stdout + other.stderr
-    assert "verdict: Dropped" in other.stdout and "dropped by table=" in other.stdout
+    assert "verdict: Dropped" in other.stdout and "dropped by " in other.stdout
+    if lab.datapath == "ovs":
+        assert "dropped by table=" in other.stdout
     status = kubectl_voile(lab, "status")
     assert status.returncode == 0, status.stdout
     assert "tenant-a" in status.stdout and "default/b2" in status.stdout
@@ -250,24 +252,38 @@ def test_deleting_an_endpoint_cleans_its_host(lab: Lab) -> None:
     lab.attach("host-3", "gone", "blue")
     host = lab.host(3)
     uid = kubectl(lab, "get", "vep", "gone", "-o", "jsonpath={.metadata.uid}").stdout
-    ports = host.vsctl(
-        "--columns=name,external_ids",
-        "find",
-        "Interface",
-        f'external_ids:voile.dev/endpoint-uid="{uid}"',
-    )
-    assert uid and "name" in ports
-    port = re.search(r'name\s*:\s*"?([\w.-]+)"?', ports)
+    assert uid
+    if lab.datapath == "ovs":
+        ports = host.vsctl(
+            "--columns=name,external_ids",
+            "find",
+            "Interface",
+            f'external_ids:voile.dev/endpoint-uid="{uid}"',
+        )
+        assert "name" in ports
+        port = re.search(r'name\s*:\s*"?([\w.-]+)"?', ports)
+    else:  # the veth tagged with the endpoint's uid, running from_ep
+        port = re.search(rf"^\d+: ([\w.-]+)@.*\n(?:\s+.*\n)*?\s+alias voile:{uid}$",
+                         host.exec("ip", "-d", "link", "show").stdout, re.M)  # fmt: skip
     assert port is not None
+    if lab.datapath == "ebpf":
+        assert (
+            "from_ep" in host.exec("tc", "filter", "show", "dev", port.group(1), "ingress").stdout
+        )
     lab.detach("gone")
-    assert (
-        host.vsctl(
-            "--columns=name", "find", "Interface", f'external_ids:voile.dev/endpoint-uid="{uid}"'
-        ).strip()
-        == ""
-    )
+    if lab.datapath == "ovs":
+        assert (
+            host.vsctl(
+                "--columns=name",
+                "find",
+                "Interface",
+                f'external_ids:voile.dev/endpoint-uid="{uid}"',
+            ).strip()
+            == ""
+        )
     links = host.exec("ip", "-o", "link", "show").stdout
     assert port.group(1) not in links
+    assert f"voile:{uid}" not in host.exec("ip", "-d", "link", "show").stdout
 
 
 def test_restarting_agent_and_operator_under_ping_loses_nothing(lab: Lab) -> None:

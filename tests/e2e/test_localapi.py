@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     lab = Lab(tmp_path_factory.mktemp("lab"), run_id=f"la{secrets.token_hex(2)}", underlay_octet=13)
     try:
-        lab.up(hosts=2)
+        lab.up(hosts=2, datapath="ovs")
         yield lab
     finally:
         lab.down()

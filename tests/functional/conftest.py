@@ -351,19 +351,7 @@ class AgentProcess:
 
     def cleanup_command(self) -> subprocess.CompletedProcess[str]:
         h = self.host
-        return h.exec(
-            AGENT,
-            "cleanup",
-            "--datapath-type",
-            "netdev",
-            "--ovsdb",
-            h.ovsdb,
-            "--ovs-rundir",
-            str(h.directory),
-            "--underlay-interface",
-            h.underlay_interface,
-            check=False,
-        )
+        return h.exec(AGENT, "cleanup", *h.datapath_args(), check=False)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -375,7 +363,10 @@ class AgentProcess:
 class Lab:
     """Simulated hosts with their agents, and the operator stand-in, for one test."""
 
-    def __init__(self, plane: Endpoints, directory: Path) -> None:
+    def __init__(self, plane: Endpoints, directory: Path, datapath: str = "ovs") -> None:
+        """``datapath``: ovs, ebpf, or mixed (odd hosts ovs, even hosts ebpf, the eBPF hosts
+        with TX offloads off, as a network shared with OVS netdev hosts needs)."""
+        self.datapath = datapath
         self.rid = run_id()
         self.plane = plane
         self.fabric = Fabric(directory / "fabric", self.rid)
@@ -390,7 +381,13 @@ class Lab:
     def add_hosts(self, count: int, *, resync: float = 30.0) -> list[SimulatedHost]:
         self.fabric.start()
         for _ in range(count):
-            host = self.fabric.host(len(self.hosts) + 1).start()
+            index = len(self.hosts) + 1
+            kind = self.datapath
+            if kind == "mixed":
+                kind = "ovs" if index % 2 else "ebpf"
+            host = self.fabric.host(index, datapath=kind)
+            host.offload = self.datapath != "mixed"
+            host.start()
             self.hosts.append(host)
             self.forwarders.append(LoopbackForwarder(host.netns_path, self.port).start())
             self.agents.append(
@@ -407,8 +404,12 @@ class Lab:
 
 
 @pytest.fixture
-async def lab(plane: Endpoints, tmp_path: Path) -> AsyncIterator[tuple[Lab, Operator]]:
-    the_lab = Lab(plane, tmp_path)
+async def lab(
+    plane: Endpoints, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Lab, Operator]]:
+    """Simulated hosts on one datapath (``ovs`` unless the test parametrizes ``lab``
+    indirectly with ``ebpf`` or ``mixed``)."""
+    the_lab = Lab(plane, tmp_path, getattr(request, "param", "ovs"))
     user = kube.KubeClient.from_config(str(plane.kubeconfig), field_manager="voile-test")
     op = kube.KubeClient.from_config(str(plane.kubeconfig), field_manager="voile-operator")
     operator = Operator(user, op, the_lab.rid)
@@ -438,3 +439,46 @@ def spawn(*cmd: str) -> subprocess.Popen[str]:
 def in_ns(netns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run a command inside a namespace given by its /run/netns path."""
     return run("ip", "netns", "exec", Path(netns).name, *cmd, timeout=timeout)
+
+
+# -- reading a host's datapath directly (OVS tools or bpftool), for the backend-neutral tests ----
+
+
+def bpf_map(host: SimulatedHost, name: str) -> list[dict[str, Any]]:
+    """An eBPF host's pinned map as bpftool prints it with BTF: [{"key": ..., "value": ...}]."""
+    import json
+
+    pin = host.bpffs / "voile" / "maps" / name
+    out = host.exec("bpftool", "-j", "map", "dump", "pinned", str(pin)).stdout
+    return [entry.get("formatted", entry) for entry in json.loads(out)]
+
+
+def ebpf_inventory(host: SimulatedHost) -> dict[str, Any]:
+    """The forwarding maps' entries and the program ids on each device of an eBPF host."""
+    import json
+
+    maps = {
+        name: sorted(json.dumps(e, sort_keys=True) for e in bpf_map(host, name))
+        for name in ("voile_ports", "voile_fdb", "voile_arp", "voile_flood", "voile_config")
+    }
+    net = json.loads(host.exec("bpftool", "-j", "net", "show").stdout)
+    progs = sorted(
+        (t["devname"], t["id"]) for section in net for t in section.get("tc", []) if "id" in t
+    )
+    return {"maps": maps, "progs": progs}
+
+
+def tunnel_rx_packets(host: SimulatedHost, vni: int) -> int:
+    """Packets of ``vni`` that ``host`` received from the tunnel."""
+    import re
+
+    if host.datapath == "ebpf":
+        for entry in bpf_map(host, "voile_vni_stats"):
+            if entry["key"] == vni:
+                return int(entry["value"]["rx_packets"])
+        return 0
+    ofport = host.vsctl("get", "interface", "vxlan-voile", "ofport").strip()
+    rules = host.ofctl("dump-flows", "br-voile", f"in_port={ofport},tun_id={vni}")
+    classifier = [line for line in rules.splitlines() if "priority=100," in line]
+    packets = [int(n) for n in re.findall(r"n_packets=(\d+)", "\n".join(classifier))]
+    return packets[0] if packets else 0

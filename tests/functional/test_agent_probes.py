@@ -1,7 +1,8 @@
-"""Data-path probes on real OVS: each agent probes the VTEPs that share a network with it, in
-that network's VNI, at full MTU with DF and small, answered by the peer's datapath; the report
-lands in the agent's heartbeat Lease. Faults are made where operators meet them: VXLAN dropped in
-the underlay (an nftables bridge rule in the fabric), a smaller MTU on one host's link.
+"""Data-path probes on real OVS, on eBPF, and between the two (mixed): each agent probes the
+VTEPs that share a network with it, in that network's VNI, at full MTU with DF and small,
+answered by the peer's datapath; the report lands in the agent's heartbeat Lease. Faults are
+made where operators meet them: VXLAN dropped in the underlay (an nftables bridge rule in the
+fabric), a smaller MTU on one host's link.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import asyncio
 import json
 import time
 from typing import Any
+
+import pytest
 
 from voile import kube
 from voile.api import constants as c
@@ -51,6 +54,7 @@ async def wait_states(
         await asyncio.sleep(0.25)
 
 
+@pytest.mark.parametrize("lab", ["ovs", "ebpf", "mixed"], indirect=True)
 async def test_probes_report_health_and_name_blocked_and_mtu_broken_paths(
     lab: tuple[Lab, Operator],
 ) -> None:

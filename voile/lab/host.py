@@ -1,6 +1,8 @@
 """Simulated hosts on one machine: a network namespace per host, joined by veth to an underlay
-Linux bridge that lives in its own "fabric" namespace, each host with its own ovsdb-server and
-ovs-vswitchd (userspace datapath) in its own directory.
+Linux bridge that lives in its own "fabric" namespace. An ``ovs`` host has its own ovsdb-server
+and ovs-vswitchd (userspace datapath) in its own directory, and its agent puts the underlay NIC
+on an OVS bridge; an ``ebpf`` host runs no OVS at all (its underlay stays the kernel's) and has
+its own bpffs mounted in its directory, so the hosts' pins never meet on one kernel.
 
 Used by the functional tests, the benchmark and the lab. Every name carries a run id, so several
 runs on one machine (parallel test sessions, the lab) never collide, and ``stop`` removes exactly
@@ -32,6 +34,7 @@ from voile.processes import alive
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 NETNS_DIR = Path("/run/netns")
+DATAPATHS = ("ovs", "ebpf", "none")  # none: a bare namespace (benchmarks' baselines)
 
 
 def run_id() -> str:
@@ -121,9 +124,9 @@ class Fabric:
         sh("ip", "-n", self.namespace, "link", "set", "br0", "up")
         return self
 
-    def host(self, index: int, name: str | None = None) -> SimulatedHost:
+    def host(self, index: int, name: str | None = None, datapath: str = "ovs") -> SimulatedHost:
         """A host (not yet started) with underlay address 198.18.0.<index>."""
-        host = SimulatedHost(self, name or f"host-{index}", index)
+        host = SimulatedHost(self, name or f"host-{index}", index, datapath=datapath)
         self.hosts.append(host)
         return host
 
@@ -145,9 +148,13 @@ class SimulatedHost:
     """Namespace ``<prefix>host-N`` with ``eth0`` = 198.18.0.N/24 on the fabric bridge, and its
     own Open vSwitch daemons whose sockets, database and logs live in ``directory``."""
 
-    def __init__(self, fabric: Fabric, name: str, index: int) -> None:
+    def __init__(self, fabric: Fabric, name: str, index: int, datapath: str = "ovs") -> None:
         if not 1 <= index <= 250:
             raise LabError(f"host index {index} is outside 1..250")
+        if datapath not in DATAPATHS:
+            raise LabError(f"datapath {datapath!r} is not one of {', '.join(DATAPATHS)}")
+        self.datapath = datapath
+        self.offload = True  # ebpf: endpoints' TX offloads (off when it shares a net with ovs)
         self.fabric = fabric
         self.name = name
         self.index = index
@@ -179,6 +186,11 @@ class SimulatedHost:
     @property
     def netns_path(self) -> str:
         return str(NETNS_DIR / self.namespace)
+
+    @property
+    def bpffs(self) -> Path:
+        """ebpf: this host's own bpffs (mounted by ``start`` where every process sees it)."""
+        return self.directory / "bpffs"
 
     @property
     def attach_socket(self) -> Path:
@@ -246,8 +258,23 @@ class SimulatedHost:
                 self.underlay_interface,
             )
         sh("ip", "-n", self.namespace, "link", "set", self.underlay_interface, "up")
-        self._start_ovs()
+        if self.datapath == "ebpf":
+            self._mount_bpffs()
+        elif self.datapath == "ovs":
+            self._start_ovs()
         return self
+
+    def _mount_bpffs(self) -> None:
+        self.bpffs.mkdir(parents=True, exist_ok=True)
+        if sh("mountpoint", "-q", str(self.bpffs), check=False).returncode != 0:
+            sh("mount", "-t", "bpf", "bpf", str(self.bpffs))
+
+    def _umount_bpffs(self) -> None:
+        if (
+            self.bpffs.exists()
+            and sh("mountpoint", "-q", str(self.bpffs), check=False).returncode == 0
+        ):
+            sh("umount", "-l", str(self.bpffs), check=False)
 
     def _alive(self, daemon: str) -> bool:
         """The daemon of the pid file runs. A killed daemon stays a zombie until an init that
@@ -302,6 +329,7 @@ class SimulatedHost:
         for ns in self.extra_namespaces:
             del_netns(ns)
         del_netns(self.namespace)
+        self._umount_bpffs()
         fab_if = f"vf{self.fabric.id}h{self.index}"[:15]
         sh("ip", "-n", self.fabric.namespace, "link", "del", fab_if, check=False)
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -319,9 +347,10 @@ class SimulatedHost:
     def agent_command(
         self, node: str, kubeconfig: Path | str, *extra: str, mount_namespace: str | None = None
     ) -> list[str]:
-        """``voile-agent run`` for this host, as it runs here: inside the host's namespace, on
-        this host's Open vSwitch, with the netdev datapath taking over the underlay ``eth0``
-        (the VTEP is read from it). The one place the lab, the tests and the benchmarks take
+        """``voile-agent run`` for this host, as it runs here: inside the host's namespace; for
+        ``ovs`` on this host's Open vSwitch, with the netdev datapath taking over the underlay
+        ``eth0``, for ``ebpf`` on this host's bpffs (the VTEP is read from ``eth0``). The one
+        place the lab, the tests and the benchmarks take
         the agent's command line from. ``mount_namespace``: run it in that mount namespace (a
         Kubernetes node's, voile.lab.node, whose sandboxes' namespaces it must see) instead of
         the private one ``ip netns exec`` makes."""
@@ -335,17 +364,31 @@ class SimulatedHost:
             *enter,
             str(agent) if agent.exists() else "voile-agent", "run",
             "--node", node,
-            "--vtep-interface", self.underlay_interface,
-            "--underlay-interface", self.underlay_interface,
-            "--datapath-type", "netdev",
-            "--ovsdb", self.ovsdb,
-            "--ovs-rundir", str(self.directory),
+            *self.datapath_args(),
             "--kubeconfig", str(kubeconfig),
             "--attach-socket", str(self.attach_socket),
             "--docker-plugin-socket", str(self.docker_plugin_socket),
             "--state-dir", str(self.state_dir),
             "--cni-spool-dir", str(self.cni_spool_dir),
             *extra,
+        ]  # fmt: skip
+
+    def datapath_args(self) -> list[str]:
+        """The agent's datapath options for this host (``run`` and ``cleanup`` alike)."""
+        if self.datapath == "ebpf":
+            return [
+                "--datapath", "ebpf",
+                "--vtep-interface", self.underlay_interface,
+                "--bpffs", str(self.bpffs),
+                "--offload", "on" if self.offload else "off",
+            ]  # fmt: skip
+        return [
+            "--datapath", "ovs",
+            "--vtep-interface", self.underlay_interface,
+            "--underlay-interface", self.underlay_interface,
+            "--datapath-type", "netdev",
+            "--ovsdb", self.ovsdb,
+            "--ovs-rundir", str(self.directory),
         ]  # fmt: skip
 
     def vsctl(self, *args: str, check: bool = True) -> str:

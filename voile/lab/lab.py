@@ -63,6 +63,26 @@ def _bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def choose_datapath(requested: str) -> tuple[str, str]:
+    """The lab hosts' datapath and why: ``auto`` is ``ebpf`` where the kernel can run it (tc
+    BPF programs need bpftool and the compiled object, built by ``make setup`` or here with
+    clang), else ``ovs`` (userspace OVS, which runs anywhere)."""
+    if requested in ("ovs", "ebpf"):
+        return requested, "asked for"
+    if requested != "auto":
+        raise LabError(f"--datapath {requested!r} is not one of ovs, ebpf, auto")
+    if shutil.which("bpftool") is None or shutil.which("tc") is None:
+        return "ovs", "auto: no bpftool/tc for eBPF"
+    # The agent's build step (a process: the shared package imports no agent code).
+    built = subprocess.run(
+        [sys.executable, "-m", "voile_agent.datapath.ebpf.build"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    if built.returncode != 0:  # no clang, no object: the userspace datapath still works
+        return "ovs", f"auto: eBPF programs unavailable ({built.stderr.strip()[-300:]})"
+    return "ebpf", "auto: the kernel runs the eBPF datapath; no packet passes through OVS"
+
+
 def _say(message: str) -> None:
     print(f"==> {message}", file=sys.stderr, flush=True)
 
@@ -118,8 +138,15 @@ class Lab:
     def host(self, index: int) -> SimulatedHost:
         """The simulated host ``host-<index>``: deterministic names, any process finds it."""
         if index not in self._hosts:
-            self._hosts[index] = self.fabric.host(index)
+            datapath = self._state().get("datapath") or "ovs"
+            self._hosts[index] = self.fabric.host(index, datapath=datapath)
         return self._hosts[index]
+
+    @property
+    def datapath(self) -> str | None:
+        """The hosts' datapath (``ovs`` or ``ebpf``), once an ``up`` has chosen it."""
+        chosen = self._state().get("datapath")
+        return str(chosen) if chosen else None
 
     @property
     def kubeconfig(self) -> Path:
@@ -127,11 +154,19 @@ class Lab:
 
     # -- up ------------------------------------------------------------------------------------
 
-    def up(self, hosts: int = 3, *, nodes: bool = False, pod_network: str | None = None) -> Path:
+    def up(
+        self,
+        hosts: int = 3,
+        *,
+        nodes: bool = False,
+        pod_network: str | None = None,
+        datapath: str = "auto",
+    ) -> Path:
         """Start (or complete) the lab with hosts host-1..host-N. Idempotent. ``nodes``: each
         host is also a Kubernetes node (containerd + kubelet, voile.lab.node) whose Pods get
-        ``pod_network`` unless their annotation voile.dev/network names another; a lab keeps
-        what its first ``up`` chose."""
+        ``pod_network`` unless their annotation voile.dev/network names another; ``datapath``:
+        ``ovs`` (userspace OVS per host), ``ebpf``, or ``auto`` (``choose_datapath``); a lab
+        keeps what its first ``up`` chose."""
         if not 1 <= hosts <= 50:
             raise LabError("--hosts must be between 1 and 50")
         if os.geteuid() != 0:
@@ -142,11 +177,19 @@ class Lab:
             raise LabError(
                 f"this lab's Pods join {saved} by default; `voile lab down` to choose another"
             )
+        chosen, why = choose_datapath(datapath)
+        if state.get("datapath") and datapath != "auto" and chosen != state["datapath"]:
+            raise LabError(
+                f"this lab's hosts run {state['datapath']}; `voile lab down` to choose another"
+            )
+        state["datapath"] = state.get("datapath") or chosen
         newly_nodes = nodes and not state.get("nodes")
         state["run_id"], state["underlay_octet"] = self.run_id, self.underlay_octet
         state["nodes"] = bool(state.get("nodes")) or nodes
         state["pod_network"] = saved or pod_network or DEFAULT_POD_NETWORK
         self._save(state)
+        self._hosts.clear()
+        _say(f"datapath: {state['datapath']} ({why})")
         _say(f"underlay: fabric namespace and bridge {self.underlay}")
         self.fabric.start()
         self._root_leg()
@@ -161,9 +204,8 @@ class Lab:
         self._save(state)
         for name in names:
             index = int(name.split("-")[1])
-            _say(
-                f"{name}: namespace, underlay {self.underlay.network_address + index}, OVS daemons"
-            )
+            what = "OVS daemons" if state["datapath"] == "ovs" else "its own bpffs, no OVS"
+            _say(f"{name}: namespace, underlay {self.underlay.network_address + index}, {what}")
             self.host(index).start()
             if state["nodes"]:
                 self.node(index).prepare()  # the agent runs in the node's mount namespace
