@@ -118,7 +118,9 @@ class Lab:
     def host(self, index: int) -> SimulatedHost:
         """The simulated host ``host-<index>``: deterministic names, any process finds it."""
         if index not in self._hosts:
-            self._hosts[index] = self.fabric.host(index)
+            host = self.fabric.host(index)
+            host.supervised = True  # OVS daemons restarted when they exit (voile.lab.supervise)
+            self._hosts[index] = host
         return self._hosts[index]
 
     @property
