@@ -110,7 +110,8 @@ def _fault(lab: Any, args: argparse.Namespace) -> int:
         pid = faults.pause(lab, args.target, component)
     else:
         pid = faults.resume(lab, args.target, component)
-    print(f"{args.target} {component}: {args.action}d, pid {pid}", file=sys.stderr)
+    done = {"restart": "restarted", "pause": "paused", "resume": "resumed"}[args.action]
+    print(f"{args.target} {component}: {done}, pid {pid}", file=sys.stderr)
     return 0
 
 

@@ -293,7 +293,16 @@ class Lab:
                 await client.create(kube.path("", "v1", "namespaces"), ns)
 
     def _operator_argv(self) -> list[str]:
+        # Under voile.lab.supervise, as a Deployment's pod under kubelet: an operator that
+        # exits (it stops when it loses its leader Lease, e.g. the API server was down) is
+        # started again.
         return [
+            sys.executable,
+            "-m",
+            "voile.lab.supervise",
+            "--pidfile",
+            str(self.directory / "supervise-operator.pid"),
+            "--",
             _bin("voile-operator"),
             "--kubeconfig",
             str(self.kubeconfig),

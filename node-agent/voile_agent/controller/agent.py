@@ -295,7 +295,9 @@ class Agent:
                 for ep in pending:
                     cond = state.ready(check.reason, message, ep.generation)
                     await asyncio.wait_for(
-                        self.writer.write_status(ep, vtep=None, cond=cond),
+                        # The VTEP stays: peers keep sending while the datapath may still
+                        # forward (an OVSDB fault often leaves ovs-vswitchd forwarding).
+                        self.writer.write_status(ep, vtep=self.vtep, cond=cond),
                         self.s.fault_write_timeout,
                     )
             except Exception as exc:  # unreachable, timed out, refused: try again while it lasts

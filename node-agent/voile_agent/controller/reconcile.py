@@ -295,7 +295,8 @@ class Reconciler:
             cond = found
             if self.fault is not None and found.reason == c.Reason.READY.value:
                 cond = state.ready(*self.fault, ep.generation)
-            shown_vtep = vtep if cond.reason == c.Reason.READY.value else None
+            # A plumbed endpoint keeps its VTEP through a datapath fault: peers keep sending.
+            shown_vtep = vtep if found.reason == c.Reason.READY.value else None
             if state.status_is_current(ep, vtep=shown_vtep, cond=cond):
                 continue
             try:

@@ -33,7 +33,7 @@ class Watchdog:
         interval: float = 1.0,
         sick_interval: float = 0.25,
         deadline: float = 3.0,
-        report_after: float = 3.0,
+        report_after: float = 2.0,
     ) -> None:
         self.datapath = datapath
         self.on_repair = on_repair
@@ -78,8 +78,9 @@ class Watchdog:
             await asyncio.sleep(self.interval if healthy else self.sick_interval)
 
     async def tick(self) -> None:
+        began = time.monotonic()  # a fault is dated from the check that found it, not its end
         check = await self.check()
-        actions = self.state.step(check, time.monotonic())
+        actions = self.state.step(check, time.monotonic(), began=began)
         if actions.changed:
             self._since_wall = clock.now_rfc3339()
             metrics.DATAPATH_HEALTHY.set(1 if check.healthy else 0)

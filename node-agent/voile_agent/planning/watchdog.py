@@ -36,17 +36,19 @@ class Actions:
 class HealthState:
     """The datapath's health as the agent last saw it."""
 
-    report_after: float = 3.0
+    report_after: float = 2.0
     current: Check = dataclasses.field(default_factory=lambda: Check(healthy=True))
     since: float = 0.0  # when the current state (healthy or this fault) began
     reported: bool = False  # the current fault has been written to the Endpoints
     faults: int = 0
 
-    def step(self, check: Check, now: float) -> Actions:
+    def step(self, check: Check, now: float, *, began: float | None = None) -> Actions:
+        """One check's answer, found at ``now`` by a check that ``began`` then (a fault is
+        dated from the start of the check that found it: a stuck daemon makes checks slow)."""
         before = self.current
         changed = before.healthy != check.healthy or before.reason != check.reason
         if changed:
-            self.since = now
+            self.since = now if began is None else began
             self.current = check
             if not check.healthy and before.healthy:
                 self.faults += 1
