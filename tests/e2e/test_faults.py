@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,9 +62,11 @@ class Pinger:
     def __init__(self, lab: Lab, source: str, address: str, *, seconds: float) -> None:
         count = int(seconds / INTERVAL)
         argv = ["ping", "-D", "-i", str(INTERVAL), "-c", str(count), "-W", "1", address]
+        # A file, not a pipe: ping blocks once a pipe nobody reads is full (800 lines).
+        self.file = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", lab.container_netns(source), *argv],
-            stdout=subprocess.PIPE,
+            stdout=self.file,
             stderr=subprocess.STDOUT,
             text=True,
         )
@@ -74,11 +77,14 @@ class Pinger:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
-            self.out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
+            self.file.seek(0)
+            self.out = self.file.read()
+            self.file.close()
 
     def _stats(self) -> tuple[int, int]:
         match = re.search(r"(\d+) packets transmitted, (\d+) received", self.out)
