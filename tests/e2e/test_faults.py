@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import fuzzing
 from tests.catalogue import network
 from tests.e2e.labtools import kubectl
 from voile.lab import faults
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
 NETWORK = "faults"
 INTERVAL = 0.01  # 100 packets per second
+FUZZ_REQUESTS = 1000  # per door here; bench/bench_fuzz.py sends 10,000
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +245,27 @@ def test_apiserver_paused_then_restarted_and_etcd_restarted_lose_nothing(lab: La
         == 0
     )
     lab.detach("f4")
+
+
+def test_fuzzed_requests_at_every_door_crash_nothing_and_leave_nothing(lab: Lab) -> None:
+    host = lab.host(3)
+    agent = faults.pid(lab, "host-3", "agent")
+    endpoints = kubectl(lab, "get", "vep", "-A", "-o", "name")
+    claims = kubectl(lab, "get", "ipclaims", "-o", "name")
+    ports = host.vsctl("list-ports", "br-voile")
+    doors = {
+        "local attach API": (str(host.attach_socket), fuzzing.LOCAL_API_PATHS),
+        "Docker driver": (str(host.docker_plugin_socket), fuzzing.DOCKER_PATHS),
+    }
+    for door, (sock, paths) in doors.items():
+        report = fuzzing.fuzz(sock, paths, FUZZ_REQUESTS)
+        print(f"fuzz {door}: {report.requests} requests, {dict(report.statuses)}, "
+              f"slowest {report.slowest:.2f}s")  # fmt: skip
+        assert report.requests == FUZZ_REQUESTS
+        assert report.failures == [], report.failures[:5]
+    assert faults.pid(lab, "host-3", "agent") == agent, "the agent restarted"
+    status = fuzzing.send(str(host.attach_socket), b"GET /v1/status HTTP/1.1\r\nHost: v\r\n\r\n")
+    assert status.status == 200, status
+    assert kubectl(lab, "get", "vep", "-A", "-o", "name") == endpoints
+    assert kubectl(lab, "get", "ipclaims", "-o", "name") == claims
+    assert host.vsctl("list-ports", "br-voile") == ports
