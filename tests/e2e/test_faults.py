@@ -26,7 +26,7 @@ import pytest
 from tests import fuzzing
 from tests.catalogue import network
 from tests.e2e.labtools import kubectl
-from voile.lab import faults
+from voile.lab import cni, faults
 from voile.lab.lab import Lab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
@@ -263,6 +263,11 @@ def test_fuzzed_requests_at_every_door_crash_nothing_and_leave_nothing(lab: Lab)
               f"slowest {report.slowest:.2f}s")  # fmt: skip
         assert report.requests == FUZZ_REQUESTS
         assert report.failures == [], report.failures[:5]
+    conf = lab.cni_conf("host-3", NETWORK)["plugins"][0]
+    report = fuzzing.fuzz_cni(str(cni.plugin()), conf, FUZZ_REQUESTS)
+    print(f"fuzz CNI plugin: {report.requests} invocations, exit codes {dict(report.statuses)}")
+    assert report.requests == FUZZ_REQUESTS
+    assert report.failures == [], report.failures[:5]
     assert faults.pid(lab, "host-3", "agent") == agent, "the agent restarted"
     status = fuzzing.send(str(host.attach_socket), b"GET /v1/status HTTP/1.1\r\nHost: v\r\n\r\n")
     assert status.status == 200, status
