@@ -1,5 +1,5 @@
-"""Fuzz a real agent's doors: 10,000 generated requests each to the local attach API and the
-Docker driver (tests/fuzzing.py: hypothesis, garbage to well-formed requests with random values).
+"""Fuzz a real agent's doors: 10,000 generated requests each to the local attach API, the Docker
+driver and the CNI plugin (tests/fuzzing.py: hypothesis, garbage to well-formed requests).
 
 One-host lab (own run id and underlay). Checks what must hold: no server error leaking a
 traceback, an answer to every complete request, the agent never restarted and still answering,
@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests import fuzzing
-from voile.lab import faults
+from voile.lab import cni, faults
 from voile.lab.host import run_id
 from voile.lab.lab import Lab
 from voile.lab.measure import free_octet
@@ -91,6 +91,18 @@ def main() -> int:
                 for failure in report.failures[:5]:
                     print(f"  {failure}")
                 failed |= bool(report.failures) or report.requests != count
+            started = time.monotonic()
+            conf = lab.cni_conf("host-1", "fz-net")["plugins"][0]
+            report = fuzzing.fuzz_cni(str(cni.plugin()), conf, count)
+            rate = report.requests / (time.monotonic() - started)
+            print(
+                f"CNI plugin: {report.requests} fuzzed invocations, {rate:.0f}/s, exit codes "
+                f"{dict(report.statuses)}, slowest {report.slowest:.2f}s, "
+                f"{len(report.failures)} failures"
+            )
+            for failure in report.failures[:5]:
+                print(f"  {failure}")
+            failed |= bool(report.failures) or report.requests != count
             after = inventory(lab)
             same_agent = faults.pid(lab, "host-1", "agent") == agent
             changed = [k for k in before if before[k] != after[k]]
