@@ -285,6 +285,8 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args()
     args.count = max(3, min(args.count, 3000))
+    # SIGTERM (a timeout) still stops the replicas and the control plane (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="voile-chaos-") as tmp:
         plane = ControlPlane(Path(tmp) / "cp")
         endpoints = plane.start()

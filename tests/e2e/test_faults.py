@@ -223,6 +223,7 @@ def test_apiserver_paused_then_restarted_and_etcd_restarted_lose_nothing(lab: La
     dst = address(lab, "f2")
     plumbed = plumbing_events(lab)
     addresses = {name: address(lab, name) for name in ("f1", "f2", "f3")}
+    events = len(kubectl(lab, "get", "events", "-A", "-o", "name").split())
     with pinging(lab, "f1", dst) as pinger:
         time.sleep(1)
         faults.pause(lab, "controlplane", "apiserver")
@@ -233,6 +234,8 @@ def test_apiserver_paused_then_restarted_and_etcd_restarted_lose_nothing(lab: La
     assert pinger.lost == 0
     assert plumbing_events(lab) == plumbed, "an Endpoint was plumbed again"
     assert {name: address(lab, name) for name in addresses} == addresses
+    storm = len(kubectl(lab, "get", "events", "-A", "-o", "name").split()) - events
+    assert storm <= 10, f"{storm} Events after the outage"
     # The watches resumed and the operator is back: a new Endpoint is allocated and plumbed.
     new = lab.attach("host-3", "f4", NETWORK, timeout=120)
     assert new not in addresses.values()
