@@ -227,7 +227,10 @@ async def run_case(
         left, _ = await client.list(url)
         return not left
 
-    await kube.wait_for(gone, timeout=timeout, interval=2, what="deletion")
+    try:
+        await kube.wait_for(gone, timeout=timeout, interval=2, what="deletion")
+    except TimeoutError:
+        print("# not every Endpoint deleted in time: claims below may still be released")
 
     async def claims_left() -> int:
         found, _ = await client.list(claims_url)
