@@ -274,8 +274,8 @@ class Agent:
         self.wake.set()
 
     def _datapath_changed(self) -> None:
-        fault = self.watchdog.fault
-        self.reconciler.fault = None if fault is None else (fault.reason, fault.message)
+        if self.watchdog.fault is None:
+            self.reconciler.fault = None  # passes report Ready again
         self._beat.set()
 
     async def _report_fault(self, check: Check) -> None:
@@ -283,6 +283,11 @@ class Agent:
         Pending, retried while the fault lasts (the API may be cut by the same fault). Each
         write is bounded; the watchdog's loop does not wait for this."""
         message = f"{self.s.node}: {check.message}"
+        # From now on passes report the fault too (not before: a fault shorter than the
+        # watchdog's report_after, such as an ovs-vswitchd restart, flips no status).
+        if self.watchdog.fault is None:
+            return  # already over
+        self.reconciler.fault = (check.reason, message)
         shown = {c.Reason.READY.value, c.Reason.PENDING.value}
         while self.watchdog.fault is not None:
             pending = []
