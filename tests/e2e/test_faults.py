@@ -3,7 +3,8 @@
 Real: etcd + kube-apiserver, the operator (supervised), per simulated host an ovsdb-server and an
 ovs-vswitchd (netdev, supervised as systemd would: restarted when they exit) and a voile-agent.
 The faults are the ones a user injects with `voile lab restart|pause|resume`
-(voile/lab/faults.py). The agent SIGKILL fault and the host re-creation are in test_lab.py.
+(voile/lab/faults.py), and fuzzed requests at the agent's doors (tests/fuzzing.py). The agent
+SIGKILL fault and the host re-creation are in test_lab.py; operator chaos in bench/bench_chaos.py.
 docs/faults.md has the table and the measured figures.
 """
 
