@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from voile import __version__
 from voile.errors import VoileError
@@ -40,6 +41,8 @@ def _lab(args: argparse.Namespace) -> int:
     from voile.lab.lab import Lab
 
     lab = Lab()
+    if args.action in ("restart", "pause", "resume"):
+        return _fault(lab, args)
     if args.action == "up":
         kubeconfig = lab.up(
             hosts=args.hosts, nodes=args.nodes, pod_network=args.pod_network, datapath=args.datapath
@@ -85,6 +88,32 @@ def _lab(args: argparse.Namespace) -> int:
         from voile.lab import cni
 
         print(cni.plugin().parent)
+    return 0
+
+
+def _fault(lab: Any, args: argparse.Namespace) -> int:
+    import signal
+
+    from voile.lab import faults
+
+    component = args.component
+    if component is None:
+        if args.target != "controlplane" or args.action != "restart":
+            print(f"voile lab {args.action} {args.target} COMPONENT", file=sys.stderr)
+            return 2
+        for part in ("etcd", "apiserver"):
+            pid = faults.restart(lab, "controlplane", part, sig=signal.SIGTERM)
+            print(f"controlplane {part}: restarted, pid {pid}", file=sys.stderr)
+        return 0
+    if args.action == "restart":
+        sig = signal.Signals[f"SIG{args.signal.upper().removeprefix('SIG')}"]
+        pid = faults.restart(lab, args.target, component, sig=sig)
+    elif args.action == "pause":
+        pid = faults.pause(lab, args.target, component)
+    else:
+        pid = faults.resume(lab, args.target, component)
+    done = {"restart": "restarted", "pause": "paused", "resume": "resumed"}[args.action]
+    print(f"{args.target} {component}: {done}, pid {pid}", file=sys.stderr)
     return 0
 
 
@@ -148,6 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
     cri = lab_sub.add_parser("crictl", help="crictl against HOST's containerd (lab up --nodes)")
     cri.add_argument("host")
     cri.add_argument("argv", nargs=argparse.REMAINDER)
+    for action, text in {
+        "restart": "kill a component (--signal, default KILL) and wait until it runs again",
+        "pause": "SIGSTOP a component: it answers nothing until resume",
+        "resume": "SIGCONT a paused component",
+    }.items():
+        fault = lab_sub.add_parser(
+            action,
+            help=f"{text}: HOST ovsdb|vswitchd|agent, or controlplane [apiserver|etcd]",
+        )
+        fault.add_argument("target", help="host-N or controlplane")
+        fault.add_argument("component", nargs="?", help="ovsdb, vswitchd, agent; apiserver, etcd")
+        if action == "restart":
+            fault.add_argument("--signal", default="KILL", help="KILL (default), TERM, ...")
     lab.set_defaults(func=_lab)
     return parser
 

@@ -12,12 +12,14 @@ deletion, Pods. Nothing here waits for those.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import ipaddress
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -164,60 +166,57 @@ class ControlPlane:
         etcd_port, etcd_peer = free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         etcd_log = self.directory / "etcd.log"
-        etcd = _spawn(
-            [
-                str(etcd_bin),
-                f"--data-dir={self.directory / 'etcd-data'}",
-                f"--listen-client-urls={etcd_url}",
-                f"--advertise-client-urls={etcd_url}",
-                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
-                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
-                f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
-                "--unsafe-no-fsync=true",
-                "--quota-backend-bytes=4294967296",
-                "--log-level=warn",
-            ],
-            etcd_log,
-        )
+        argv: dict[str, list[str]] = {}
+        argv["etcd"] = [
+            str(etcd_bin),
+            f"--data-dir={self.directory / 'etcd-data'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+            f"--initial-cluster=default=http://127.0.0.1:{etcd_peer}",
+            "--unsafe-no-fsync=true",
+            "--quota-backend-bytes=4294967296",
+            "--log-level=warn",
+        ]
+        etcd = _spawn(argv["etcd"], etcd_log)
         server_port = free_port(self.address)
         server = f"https://{self.address}:{server_port}"
-        self._save_state(server, etcd_url, etcd.pid, 0)
+        self._save_state(server, etcd_url, etcd.pid, 0, argv=argv)
         self._wait(lambda: self._get(etcd_url + "/health", timeout=2), "etcd", etcd, etcd_log)
 
         apiserver_log = self.directory / "kube-apiserver.log"
-        apiserver = _spawn(
-            [
-                str(apiserver_bin),
-                f"--etcd-servers={etcd_url}",
-                f"--bind-address={self.address}",
-                f"--secure-port={server_port}",
-                f"--advertise-address={self.address}",
-                "--endpoint-reconciler-type=none",
-                f"--cert-dir={pki}",
-                f"--tls-cert-file={pki / 'serving.crt'}",
-                f"--tls-private-key-file={pki / 'serving.key'}",
-                f"--client-ca-file={pki / 'ca.crt'}",
-                "--authorization-mode=RBAC",
-                "--service-cluster-ip-range=198.18.255.0/24",
-                f"--service-account-issuer={server}/",
-                f"--service-account-key-file={pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
-                "--disable-admission-plugins=ServiceAccount",
-                "--allow-privileged=true",
-                # For kubelets (logs, exec, port-forward): the API server reaches a Node at its
-                # InternalIP (a lab node's hostname resolves nowhere) and shows the admin
-                # certificate, which a kubelet's webhook authorizer allows (system:masters).
-                f"--kubelet-client-certificate={pki / 'admin.crt'}",
-                f"--kubelet-client-key={pki / 'admin.key'}",
-                "--kubelet-preferred-address-types=InternalIP,Hostname",
-                "--enable-priority-and-fairness=false",
-                "--max-requests-inflight=1600",
-                "--max-mutating-requests-inflight=800",
-                "--v=1",
-            ],
-            apiserver_log,
-        )
-        self._save_state(server, etcd_url, etcd.pid, apiserver.pid)
+        argv["apiserver"] = [
+            str(apiserver_bin),
+            f"--etcd-servers={etcd_url}",
+            f"--bind-address={self.address}",
+            f"--secure-port={server_port}",
+            f"--advertise-address={self.address}",
+            "--endpoint-reconciler-type=none",
+            f"--cert-dir={pki}",
+            f"--tls-cert-file={pki / 'serving.crt'}",
+            f"--tls-private-key-file={pki / 'serving.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=RBAC",
+            "--service-cluster-ip-range=198.18.255.0/24",
+            f"--service-account-issuer={server}/",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--disable-admission-plugins=ServiceAccount",
+            "--allow-privileged=true",
+            # For kubelets (logs, exec, port-forward): the API server reaches a Node at its
+            # InternalIP (a lab node's hostname resolves nowhere) and shows the admin
+            # certificate, which a kubelet's webhook authorizer allows (system:masters).
+            f"--kubelet-client-certificate={pki / 'admin.crt'}",
+            f"--kubelet-client-key={pki / 'admin.key'}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            "--enable-priority-and-fairness=false",
+            "--max-requests-inflight=1600",
+            "--max-mutating-requests-inflight=800",
+            "--v=1",
+        ]
+        apiserver = _spawn(argv["apiserver"], apiserver_log)
+        self._save_state(server, etcd_url, etcd.pid, apiserver.pid, argv=argv)
         self._write_kubeconfig(server, pki)
         self._wait(
             lambda: self._get(server + "/readyz", timeout=5),
@@ -229,15 +228,57 @@ class ControlPlane:
         assert state is not None
         return state
 
-    def _save_state(self, server: str, etcd_url: str, etcd_pid: int, apiserver_pid: int) -> None:
+    def _save_state(
+        self,
+        server: str,
+        etcd_url: str,
+        etcd_pid: int,
+        apiserver_pid: int,
+        *,
+        argv: dict[str, list[str]],
+    ) -> None:
         state = {
             "server": server,
             "kubeconfig": str(self.kubeconfig),
             "etcd_url": etcd_url,
             "etcd_pid": etcd_pid,
             "apiserver_pid": apiserver_pid,
+            "argv": argv,  # to start one of them again (restart)
         }
         (self.directory / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    # -- faults (voile lab restart/pause/resume controlplane) ------------------------------------
+
+    def pid(self, component: str) -> int:
+        """The pid of ``etcd`` or ``apiserver``."""
+        state = self._read_state()
+        if state is None:
+            raise ControlPlaneError(f"no control plane in {self.directory}")
+        return state.etcd_pid if component == "etcd" else state.apiserver_pid
+
+    def restart(self, component: str, sig: int = signal.SIGTERM) -> int:
+        """Stop ``etcd`` or ``apiserver`` by ``sig`` and start it again with the same command
+        line (same ports, data and certificates); wait until it is ready. The new pid."""
+        raw = json.loads((self.directory / STATE_FILE).read_text())
+        if component not in ("etcd", "apiserver") or component not in raw.get("argv", {}):
+            raise ControlPlaneError(f"cannot restart {component!r} of {self.directory}")
+        key = f"{component}_pid"
+        old = int(raw[key])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old, signal.SIGCONT)  # a paused one must be able to die
+        terminate(old, sig)
+        name = "kube-apiserver" if component == "apiserver" else "etcd"
+        log = self.directory / f"{name}.log"
+        proc = _spawn(raw["argv"][component], log)
+        raw[key] = proc.pid
+        (self.directory / STATE_FILE).write_text(json.dumps(raw, indent=2))
+        if component == "etcd":
+            url = raw["etcd_url"] + "/health"
+            self._wait(lambda: self._get(url, timeout=2), "etcd", proc, log)
+        else:
+            url = raw["server"] + "/readyz"
+            self._wait(lambda: self._get(url, timeout=5), name, proc, log)
+        return proc.pid
 
     def _wait(
         self, probe: Callable[[], str], what: str, proc: subprocess.Popen[bytes], log: Path

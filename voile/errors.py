@@ -5,6 +5,7 @@ VoileError
  ├── ValidationError        a spec breaks a rule (raised by voile.api.model parsers)
  ├── PlumbingError          the agent cannot realize an endpoint (namespace missing, refused path)
  ├── DatapathError          Open vSwitch or the kernel refused an operation
+ │    └── DatapathBusy      a daemon already has as many calls in flight as it may (not sent)
  └── LabError               `voile lab` could not do what was asked
 """
 
@@ -39,6 +40,11 @@ class PlumbingError(VoileError):
 
 class DatapathError(VoileError):
     """Open vSwitch or the kernel refused an operation the agent needs."""
+
+
+class DatapathBusy(DatapathError):
+    """A call was not sent: the daemon already has the most calls in flight that it may have
+    (it is stuck or slow), so calls fail at once instead of piling up behind it."""
 
 
 class LabError(VoileError):

@@ -97,13 +97,16 @@ class KubeWriter:
         datapath: str,
         duration: int = 40,
         probes: Mapping[str, object] | None = None,
+        health: Mapping[str, object] | None = None,
     ) -> None:
         """Create or renew ``voile-agent-<node>`` (server-side apply), with the probe report
-        when there is one. Idempotent."""
+        and the datapath's health (the node-level condition) when there are. Idempotent."""
         name = f"{c.AGENT_LEASE_PREFIX}{node}"
         annotations = {c.ANNOTATION_VTEP: vtep, c.ANNOTATION_DATAPATH: datapath}
         if probes is not None:
             annotations[c.ANNOTATION_PROBES] = json.dumps(probes, separators=(",", ":"))
+        if health is not None:
+            annotations[c.ANNOTATION_DATAPATH_HEALTH] = json.dumps(health, separators=(",", ":"))
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",

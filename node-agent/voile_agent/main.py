@@ -152,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between rounds of data-path probes to the peers of each network (0 = off)",
     )
     run.add_argument(
+        "--watchdog-interval",
+        type=float,
+        default=float(_env("watchdog-interval") or 1),
+        help="seconds between health checks of the datapath's daemons (0 = off)",
+    )
+    run.add_argument(
         "--attach-socket",
         default=_env("attach-socket", DEFAULT_ATTACH_SOCKET),
         help="the local attach API's unix socket (root only; empty = off)",
@@ -265,6 +271,7 @@ async def _run(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         heartbeat_interval=args.heartbeat_interval,
         probe_interval=args.probe_interval,
+        watchdog_interval=args.watchdog_interval,
     )
     if not args.vtep_ip and not args.vtep_interface:
         raise VoileError("give --vtep-ip or --vtep-interface")

@@ -52,3 +52,12 @@ BROKEN_PATHS = Gauge(
     "voile_agent_broken_paths",
     "Paths (network, peer VTEP) whose probes say unreachable or MTU-broken.",
 )
+DATAPATH_HEALTHY = Gauge(
+    "voile_agent_datapath_healthy",
+    "1 while the datapath's daemons answer and hold their flows (the watchdog's last check).",
+)
+DATAPATH_FAULTS = Counter(
+    "voile_agent_datapath_faults_total",
+    "Datapath faults the watchdog saw begin (DatapathUnavailable, DatapathRestarted, ...).",
+    ["reason"],
+)

@@ -344,9 +344,10 @@ def test_agent_killed_while_add_is_in_flight_leaks_nothing(lab: Lab) -> None:
     fails the run (code 11) and tears down; once the agent is back nothing is left."""
     net = network(lab, "cni-crash", "198.18.55.0/24")
     state = lab._state()
+    # The operator runs under the lab's supervisor, in the process group the lab started.
     operator = int(state["pids"]["operator"])
     runtime = RUNTIMES["host-3"]
-    os.kill(operator, signal.SIGSTOP)
+    os.killpg(operator, signal.SIGSTOP)
     try:
         proc = subprocess.Popen(
             runtime.argv("run", "-d", "--name", "inflight", "--network", net, IMAGE),
@@ -366,7 +367,7 @@ def test_agent_killed_while_add_is_in_flight_leaks_nothing(lab: Lab) -> None:
         assert proc.returncode != 0
         assert '"voile" failed' in err or "voile" in err, err
     finally:
-        os.kill(operator, signal.SIGCONT)
+        os.killpg(operator, signal.SIGCONT)
     lab.restart("agent/host-3")
     owner = ep["metadata"]["annotations"][c.ANNOTATION_OWNER_ID]
     wait_until(

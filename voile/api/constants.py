@@ -50,6 +50,8 @@ AGENT_LEASE_PREFIX = "voile-agent-"
 ANNOTATION_VTEP = f"{GROUP}/vtep"
 ANNOTATION_DATAPATH = f"{GROUP}/datapath"  # the agent's datapath backend: ovs | ebpf | null
 ANNOTATION_PROBES = f"{GROUP}/probes"  # the agent's data-path probe report (JSON)
+# The node-level DatapathHealthy condition of the agent's host (JSON: status, reason, since).
+ANNOTATION_DATAPATH_HEALTH = f"{GROUP}/datapath-health"
 OPERATOR_LEASE = "voile-operator"
 
 # Data path constants.
@@ -100,3 +102,4 @@ class Reason(str, enum.Enum):
     WAITING_FOR_ALLOCATION = "WaitingForAllocation"
     AGENT_GONE = "AgentGone"
     DATAPATH_UNAVAILABLE = "DatapathUnavailable"
+    DATAPATH_RESTARTED = "DatapathRestarted"

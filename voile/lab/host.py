@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -167,6 +168,9 @@ class SimulatedHost:
         third = fabric.underlay.network_address.packed[2]
         self.underlay_mac = f"02:76:6f:{third:02x}:00:{index:02x}"
         self.extra_namespaces: list[str] = []
+        # Run the OVS daemons under voile.lab.supervise (restarted when they exit), as the lab
+        # does; functional tests keep plain detached daemons.
+        self.supervised = False
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -291,40 +295,108 @@ class SimulatedHost:
         if not conf.exists():
             sh("ovsdb-tool", "create", str(conf), str(SCHEMA))
         if not self._alive("ovsdb-server"):
-            sh(
-                "ip",
-                "netns",
-                "exec",
-                self.namespace,
+            self._start_daemon(
                 "ovsdb-server",
-                str(conf),
-                f"--remote=punix:{self.db_sock}",
-                f"--pidfile={d}/ovsdb-server.pid",
-                f"--unixctl={d}/ovsdb-server.ctl",
-                f"--log-file={d}/ovsdb-server.log",
-                "--detach",
-                env=self.env,
+                [
+                    str(conf),
+                    f"--remote=punix:{self.db_sock}",
+                    f"--pidfile={d}/ovsdb-server.pid",
+                    f"--unixctl={d}/ovsdb-server.ctl",
+                    f"--log-file={d}/ovsdb-server.log",
+                ],
             )
             sh("ovs-vsctl", f"--db={self.ovsdb}", "--no-wait", "init", env=self.env)
         if not self._alive("ovs-vswitchd"):
-            sh(
-                "ip",
-                "netns",
-                "exec",
-                self.namespace,
+            self._start_daemon(
                 "ovs-vswitchd",
-                self.ovsdb,
-                f"--pidfile={d}/ovs-vswitchd.pid",
-                f"--unixctl={d}/ovs-vswitchd.ctl",
-                f"--log-file={d}/ovs-vswitchd.log",
-                "--detach",
-                env=self.env,
+                [
+                    self.ovsdb,
+                    f"--pidfile={d}/ovs-vswitchd.pid",
+                    f"--unixctl={d}/ovs-vswitchd.ctl",
+                    f"--log-file={d}/ovs-vswitchd.log",
+                ],
+                # As ovs-ctl restart: the restarted switch forwards nothing until the agent has
+                # re-installed its flows and cleared this (docs/faults.md).
+                before_restart=[
+                    "ovs-vsctl",
+                    f"--db={self.ovsdb}",
+                    "--no-wait",
+                    "--timeout=5",
+                    "set",
+                    "Open_vSwitch",
+                    ".",
+                    "other_config:flow-restore-wait=true",
+                ],
             )
         self.vsctl("--timeout=20", "show")
+
+    def _start_daemon(
+        self, daemon: str, args: list[str], *, before_restart: list[str] | None = None
+    ) -> None:
+        """Start one OVS daemon in the host's namespace: detached, or (``supervised``) under
+        ``voile.lab.supervise``, which starts it again whenever it exits (voile/lab/faults.py
+        kills, pauses and restarts it)."""
+        argv = ["ip", "netns", "exec", self.namespace, daemon, *args]
+        if not self.supervised:
+            sh(*argv, "--detach", env=self.env)
+            return
+        (self.directory / f"{daemon}.pid").unlink(missing_ok=True)
+        with (self.directory / f"supervise-{daemon}.log").open("ab") as out:
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "voile.lab.supervise",
+                    "--pidfile",
+                    str(self.supervisor_pidfile(daemon)),
+                    "--before-restart",
+                    json.dumps(before_restart or []),
+                    "--",
+                    *argv,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self.env,
+            )
+        self.wait_daemon(daemon, timeout=30)
+
+    def supervisor_pidfile(self, daemon: str) -> Path:
+        return self.directory / f"supervise-{daemon}.pid"
+
+    def daemon_pid(self, daemon: str) -> int | None:
+        """The pid of a running OVS daemon of this host (``ovsdb-server``, ``ovs-vswitchd``)."""
+        try:
+            pid = int((self.directory / f"{daemon}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if alive(pid) else None
+
+    def wait_daemon(self, daemon: str, *, timeout: float, other_than: int | None = None) -> int:
+        """Wait until ``daemon`` runs (another process than ``other_than``) and answers on its
+        control socket; its pid."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pid = self.daemon_pid(daemon)
+            if pid is not None and pid != other_than:
+                ctl = str(self.directory / f"{daemon}.ctl")
+                check = subprocess.run(
+                    ["ovs-appctl", "-t", ctl, "--timeout=2", "version"],
+                    capture_output=True,
+                    env=self.env,
+                    check=False,
+                )
+                if check.returncode == 0:
+                    return pid
+            if time.monotonic() > deadline:
+                raise LabError(f"{self.name}: {daemon} did not start within {timeout:.0f}s")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """Kill this host's daemons, remove its namespaces, links and files. Idempotent."""
         for daemon in ("ovs-vswitchd", "ovsdb-server"):
+            _kill_pidfile(self.supervisor_pidfile(daemon))  # first: it would start it again
             _kill_pidfile(self.directory / f"{daemon}.pid")
         for ns in self.extra_namespaces:
             del_netns(ns)

@@ -139,7 +139,9 @@ class Lab:
         """The simulated host ``host-<index>``: deterministic names, any process finds it."""
         if index not in self._hosts:
             datapath = self._state().get("datapath") or "ovs"
-            self._hosts[index] = self.fabric.host(index, datapath=datapath)
+            host = self.fabric.host(index, datapath=datapath)
+            host.supervised = True  # OVS daemons restarted when they exit (voile.lab.supervise)
+            self._hosts[index] = host
         return self._hosts[index]
 
     @property
@@ -333,7 +335,16 @@ class Lab:
                 await client.create(kube.path("", "v1", "namespaces"), ns)
 
     def _operator_argv(self) -> list[str]:
+        # Under voile.lab.supervise, as a Deployment's pod under kubelet: an operator that
+        # exits (it stops when it loses its leader Lease, e.g. the API server was down) is
+        # started again.
         return [
+            sys.executable,
+            "-m",
+            "voile.lab.supervise",
+            "--pidfile",
+            str(self.directory / "supervise-operator.pid"),
+            "--",
             _bin("voile-operator"),
             "--kubeconfig",
             str(self.kubeconfig),

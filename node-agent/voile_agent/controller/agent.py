@@ -25,10 +25,12 @@ from voile_agent.controller.informer import Informer
 from voile_agent.controller.probes import Prober
 from voile_agent.controller.reconcile import PassResult, Reconciler
 from voile_agent.controller.traces import TraceResponder
+from voile_agent.controller.watchdog import Watchdog
 from voile_agent.datapath.base import Datapath
 from voile_agent.kubeapi import KubeWriter
 from voile_agent.planning import state
 from voile_agent.planning.model import Segment
+from voile_agent.planning.watchdog import Check
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class AgentSettings:
     heartbeat_interval: float = 10.0
     lease_duration: int = 40
     probe_interval: float = 2.0  # 0 = no data-path probes
+    watchdog_interval: float = 1.0  # 0 = no datapath health checks
+    fault_write_timeout: float = 5.0
 
 
 def _record(result: PassResult) -> None:
@@ -164,6 +168,14 @@ class Agent:
             interval=settings.probe_interval or 1.0,
             on_change=self._beat.set,
         )
+        self._repair_requested = False
+        self.watchdog = Watchdog(
+            datapath,
+            on_repair=self._request_repair,
+            on_report=self._report_fault,
+            on_change=self._datapath_changed,
+            interval=settings.watchdog_interval or 1.0,
+        )
 
     @property
     def vtep(self) -> str | None:
@@ -191,6 +203,8 @@ class Agent:
         ]
         if self.s.probe_interval > 0:
             tasks.append(asyncio.create_task(self.prober.run(), name="prober"))
+        if self.s.watchdog_interval > 0:
+            tasks.append(asyncio.create_task(self.watchdog.run(), name="watchdog"))
         self.view.start()
         try:
             await self._wait_first_lists()
@@ -221,7 +235,8 @@ class Agent:
             started = time.monotonic()
             # Comparing every entry with the plan is for drift, so once per resync period is
             # enough; passes woken by events in between stay lean.
-            verify = started >= verify_at
+            verify = started >= verify_at or self._repair_requested
+            self._repair_requested = False
             result = await self._pass(verify=verify)
             if result is not None and verify:
                 verify_at = started + self.s.resync_period
@@ -253,6 +268,49 @@ class Agent:
         self.last_pass_ok = False
         return None
 
+    def _request_repair(self) -> None:
+        """The watchdog saw the datapath come back (or lose its flows): a full pass now."""
+        self._repair_requested = True
+        self.wake.set()
+
+    def _datapath_changed(self) -> None:
+        if self.watchdog.fault is None:
+            self.reconciler.fault = None  # passes report Ready again
+        self._beat.set()
+
+    async def _report_fault(self, check: Check) -> None:
+        """``Ready=False`` with the fault's reason on every local Endpoint shown Ready or
+        Pending, retried while the fault lasts (the API may be cut by the same fault). Each
+        write is bounded; the watchdog's loop does not wait for this."""
+        message = f"{self.s.node}: {check.message}"
+        # From now on passes report the fault too (not before: a fault shorter than the
+        # watchdog's report_after, such as an ovs-vswitchd restart, flips no status).
+        if self.watchdog.fault is None:
+            return  # already over
+        self.reconciler.fault = (check.reason, message)
+        shown = {c.Reason.READY.value, c.Reason.PENDING.value}
+        while self.watchdog.fault is not None:
+            pending = []
+            for ep in self.view.local():
+                ready = ep.status.condition(c.ConditionType.READY)
+                if ep.deleting or ready is None or ready.reason not in shown:
+                    continue
+                pending.append(ep)
+            try:
+                for ep in pending:
+                    cond = state.ready(check.reason, message, ep.generation)
+                    await asyncio.wait_for(
+                        # The VTEP stays: peers keep sending while the datapath may still
+                        # forward (an OVSDB fault often leaves ovs-vswitchd forwarding).
+                        self.writer.write_status(ep, vtep=self.vtep, cond=cond),
+                        self.s.fault_write_timeout,
+                    )
+            except Exception as exc:  # unreachable, timed out, refused: try again while it lasts
+                log.warning("datapath fault not reported yet error=%s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            return
+
     async def _heartbeat(self) -> None:
         """Renew the Lease every heartbeat interval, and at once when the probes' health
         changed (so the operator hears of a broken path within seconds)."""
@@ -266,6 +324,7 @@ class Agent:
                     datapath=self.datapath.kind,
                     duration=self.s.lease_duration,
                     probes=self.prober.report(),
+                    health=self.watchdog.annotation(),
                 )
             except Exception as exc:
                 metrics.HEARTBEAT_FAILURES.inc()

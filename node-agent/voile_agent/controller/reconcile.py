@@ -122,6 +122,9 @@ class Reconciler:
         # The attachment last plumbed per endpoint uid: unchanged and still held by the
         # datapath, it is not plumbed again until the next verify pass.
         self._attached: dict[str, Attachment] = {}
+        # (reason, message) of the datapath's current fault, set by the watchdog: an endpoint
+        # the pass finds plumbed is then reported with it instead of Ready.
+        self.fault: tuple[str, str] | None = None
 
     async def run_pass(self, *, verify: bool) -> PassResult:
         """One pass. ``verify`` re-plumbs every attachment and compares every installed entry
@@ -288,8 +291,12 @@ class Reconciler:
 
     async def report(self, work: Work, vtep: str, result: PassResult) -> None:
         """Step 9: vtep and Ready, written only when they differ from what the Endpoint shows."""
-        for ep, cond in work.conditions:
-            shown_vtep = vtep if cond.reason == c.Reason.READY.value else None
+        for ep, found in work.conditions:
+            cond = found
+            if self.fault is not None and found.reason == c.Reason.READY.value:
+                cond = state.ready(*self.fault, ep.generation)
+            # A plumbed endpoint keeps its VTEP through a datapath fault: peers keep sending.
+            shown_vtep = vtep if found.reason == c.Reason.READY.value else None
             if state.status_is_current(ep, vtep=shown_vtep, cond=cond):
                 continue
             try:

@@ -41,15 +41,18 @@ class AppCtl:
         fixed = Path(self.rundir) / "ovs-vswitchd.ctl"
         return str(fixed) if fixed.exists() else "ovs-vswitchd"
 
-    async def call(self, *args: str) -> str:
+    async def call(self, *args: str, timeout: float | None = None) -> str:
+        target = self._target()
         return await run_tool(
             "ovs-appctl",
+            f"--timeout={max(1, int(timeout or self.timeout))}",
             "-t",
-            self._target(),
+            target,
             *args,
-            timeout=self.timeout,
+            timeout=self.timeout if timeout is None else timeout,
             what=f"ovs-appctl {args[0]}",
             env={**os.environ, "OVS_RUNDIR": self.rundir},
+            gate=f"{self.rundir}/ovs-vswitchd",
         )
 
     async def tunnel_neighbours(self) -> NeighbourCache:

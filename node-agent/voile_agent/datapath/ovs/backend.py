@@ -31,6 +31,7 @@ from voile_agent.datapath.base import (
     TraceOutcome,
     TraceQuery,
 )
+from voile_agent.datapath.ovs import echo
 from voile_agent.datapath.ovs import flows as flowplan
 from voile_agent.datapath.ovs import trace as tracing
 from voile_agent.datapath.ovs.appctl import AppCtl
@@ -47,6 +48,8 @@ from voile_agent.planning.model import IFALIAS_PREFIX, Attachment, HostPlan
 from voile_agent.planning.probes import ProbeTarget
 
 log = logging.getLogger(__name__)
+
+HEALTH_DEADLINE = 2.0  # seconds for each daemon to answer a health check
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -83,6 +86,9 @@ class OvsDatapath:
         self._probe_ofport: int | None = None
         self._vtep: ipaddress.IPv4Address | None = None
         self._probe_ids = itertools.count(1)
+        # Whether this process has installed its flows (the canary among them): from then on a
+        # missing canary means ovs-vswitchd lost its flow table.
+        self._programmed = False
 
     @property
     def kind(self) -> str:
@@ -128,6 +134,11 @@ class OvsDatapath:
         )
         await asyncio.to_thread(netlink.bring_up, s.probe_port)
         self._vtep = vtep
+        if not self._programmed and await asyncio.to_thread(self.ovs.flow_restore_wait):
+            # An agent that has just started has no flows to restore before the API answers,
+            # and the API is reached through this switch: let it forward.
+            await asyncio.to_thread(self.ovs.clear_flow_restore_wait)
+            log.warning("flow-restore-wait cleared at start: no flows to restore yet")
         return vtep
 
     async def attach(self, attachment: Attachment) -> None:
@@ -192,6 +203,7 @@ class OvsDatapath:
         desired += flowplan.probe_flows(
             plan, probe_ofport=self._probe_ofport, tunnel_ofport=self._tunnel_ofport
         )
+        desired.append(flowplan.CANARY)
         diff = flowplan.diff_flows(desired, await self.openflow.cookies())
         if not plan.complete:
             diff = flowplan.FlowDiff(add=diff.add, delete=())
@@ -203,6 +215,8 @@ class OvsDatapath:
                 len(repaired.add) - len(diff.add),
             )
         await self.openflow.apply(repaired)
+        self._programmed = True
+        await self._restored(len(repaired.add))
         settled = True
         if self.s.netdev and plan.remote_vteps:
             settled = await self.neighbours.resolve(plan.remote_vteps)
@@ -212,6 +226,14 @@ class OvsDatapath:
             repaired=len(repaired.add) - len(diff.add),
             settled=settled,
         )
+
+    async def _restored(self, added: int) -> None:
+        """After a restart of ovs-vswitchd with ``flow-restore-wait`` (the lab's supervisor,
+        like ovs-ctl, sets it before it restarts the daemon), forwarding resumes only now that
+        the flows are back. Idempotent."""
+        if await asyncio.to_thread(self.ovs.flow_restore_wait):
+            await asyncio.to_thread(self.ovs.clear_flow_restore_wait)
+            log.warning("flows restored after an ovs-vswitchd restart added=%d", added)
 
     async def detach(self, port: str) -> bool:
         """The bridge port and its veth, if tagged ours. Idempotent."""
@@ -298,13 +320,24 @@ class OvsDatapath:
             return f"error: {exc}"
 
     async def health(self) -> Health:
-        """OVSDB and OpenFlow both answer. Read-only."""
+        """ovsdb-server answers an echo, ovs-vswitchd its version and an OpenFlow read, and
+        its flow table still holds the canary flow once the agent has installed it (gone: the
+        daemon restarted). Each within ``HEALTH_DEADLINE``. Read-only."""
+        unavailable = c.Reason.DATAPATH_UNAVAILABLE.value
         try:
-            await asyncio.to_thread(self.ovs.bridge, self.s.bridge)
-            await self.openflow.cookies()
+            await echo.echo(self.s.ovsdb, timeout=HEALTH_DEADLINE)
         except DatapathError as exc:
+            return Health(healthy=False, reason=unavailable, message=f"ovsdb-server: {exc}")
+        try:
+            await self.appctl.call("version", timeout=HEALTH_DEADLINE)
+            canary = await self.openflow.has_flow(flowplan.CANARY, timeout=HEALTH_DEADLINE)
+        except DatapathError as exc:
+            return Health(healthy=False, reason=unavailable, message=f"ovs-vswitchd: {exc}")
+        if self._programmed and not canary:
             return Health(
-                healthy=False, reason=c.Reason.DATAPATH_UNAVAILABLE.value, message=str(exc)
+                healthy=False,
+                reason=c.Reason.DATAPATH_RESTARTED.value,
+                message="ovs-vswitchd lost its flows (it restarted); re-installing them",
             )
         return Health(healthy=True)
 

@@ -63,6 +63,13 @@ class Flow:
         return flow_cookie(self.text)
 
 
+TABLE_CANARY = 250
+# A flow no packet reaches (no rule goes to its table): when it is gone, ovs-vswitchd has lost
+# its flow table (it restarted) and every flow must be installed again, as neutron's OVS agent
+# finds out with its canary flow.
+CANARY = Flow(table=TABLE_CANARY, priority=0, match="", actions="drop")
+
+
 def flow_cookie(text: str) -> int:
     digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "big")
     return (COOKIE_PREFIX << COOKIE_SHIFT) | digest

@@ -44,16 +44,26 @@ class OpenFlow:
         self.target = f"unix:{Path(rundir) / (bridge + '.mgmt')}"
         self.timeout = timeout
 
-    async def _ofctl(self, *args: str, ok: tuple[int, ...] = (0,)) -> str:
+    async def _ofctl(
+        self, *args: str, ok: tuple[int, ...] = (0,), timeout: float | None = None
+    ) -> str:
         return await run_tool(
             "ovs-ofctl",
             "-O",
             PROTOCOL,
             *args,
-            timeout=self.timeout,
+            timeout=self.timeout if timeout is None else timeout,
             what=f"ovs-ofctl {args[0]} {self.bridge}",
             ok=ok,
+            gate=self.target,
         )
+
+    async def has_flow(self, flow: Flow, *, timeout: float) -> bool:
+        """Whether the bridge holds ``flow`` (looked up by its cookie and table). Read-only;
+        raises DatapathError when ovs-vswitchd does not answer within ``timeout``."""
+        match = f"cookie={flow.cookie:#x}/-1,table={flow.table}"
+        out = await self._ofctl("dump-flows", self.target, match, timeout=timeout)
+        return any("cookie=" in line for line in out.splitlines())
 
     async def dump(self) -> list[str]:
         """Voile's flows on the bridge, as ovs-ofctl prints them."""

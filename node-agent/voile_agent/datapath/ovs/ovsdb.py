@@ -41,6 +41,8 @@ from voile_agent.planning.model import Attachment
 
 log = logging.getLogger(__name__)
 
+FLOW_RESTORE_WAIT = "flow-restore-wait"
+
 _lock = threading.Lock()
 _apis: dict[str, Any] = {}
 
@@ -119,6 +121,29 @@ class Ovs:
                     txn.add(cmd)
         except Exception as exc:
             raise DatapathError(f"OVSDB transaction failed: {exc}") from exc
+
+    # -- the switch ----------------------------------------------------------------------------
+
+    def flow_restore_wait(self) -> bool:
+        """Whether ``other_config:flow-restore-wait`` is true: ovs-vswitchd then forwards
+        nothing until its flows are restored (set before it restarts; the agent clears it
+        once it has re-installed its flows)."""
+        rows = self._rows("Open_vSwitch", ["_uuid", "other_config"])
+        return any(dict(r["other_config"]).get(FLOW_RESTORE_WAIT) == "true" for r in rows)
+
+    def clear_flow_restore_wait(self) -> bool:
+        """Remove ``other_config:flow-restore-wait``. Idempotent: False when it was not set."""
+        rows = self._rows("Open_vSwitch", ["_uuid", "other_config"])
+        rows = [r for r in rows if FLOW_RESTORE_WAIT in dict(r["other_config"])]
+        if not rows:
+            return False
+        self._commit(
+            *(
+                self.api.db_remove("Open_vSwitch", r["_uuid"], "other_config", FLOW_RESTORE_WAIT)
+                for r in rows
+            )
+        )
+        return True
 
     # -- bridges -------------------------------------------------------------------------------
 
