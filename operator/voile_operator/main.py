@@ -1,5 +1,5 @@
-"""``voile-operator``: leader election on a Lease, then kopf embedded, the claim collector and the
-metrics endpoint.
+"""``voile-operator``: leader election on a Lease, then kopf embedded (watches and indexes), the
+Endpoint work queue, the claim collector and the metrics endpoint.
 
 One replica acts at a time: a replica first acquires the Lease ``voile-operator`` in --namespace
 (the same --id re-acquires at once after a restart; another id waits for expiry), then runs kopf
@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(_env("gc-grace", "120") or 120),
         help="minimum age of a claim before the collector may delete it",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("workers", "32") or 32),
+        help="Endpoints reconciled concurrently (the work queue's workers)",
+    )
     p.add_argument("--log-level", default=_env("log-level", "info"))
     p.add_argument("--log-format", choices=["text", "json"], default=_env("log-format", "text"))
     return p
@@ -122,6 +128,7 @@ async def _lead(args: argparse.Namespace, client: kube.KubeClient, elector: Lead
             underlay_mtu=args.underlay_mtu,
             agent_dead_after=args.agent_dead_after,
         ),
+        workers=args.workers,
     )
     kopf_stop = asyncio.Event()
     operator = asyncio.create_task(
@@ -138,7 +145,8 @@ async def _lead(args: argparse.Namespace, client: kube.KubeClient, elector: Lead
     collector = asyncio.create_task(
         ClaimCollector(client, interval=args.gc_interval, grace=args.gc_grace).run()
     )
-    waiters = asyncio.create_task(reconciler.run_waiters())
+    workers = asyncio.create_task(reconciler.queue.run())
+    counts = asyncio.create_task(reconciler.run_network_counts())
     await asyncio.wait({operator, holding}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if holding.done():
@@ -149,7 +157,8 @@ async def _lead(args: argparse.Namespace, client: kube.KubeClient, elector: Lead
         code = EXIT_KOPF_FAILED
     kopf_stop.set()
     collector.cancel()
-    waiters.cancel()
+    workers.cancel()
+    counts.cancel()
     stop_holding.set()
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await asyncio.wait_for(operator, timeout=15)
