@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=int,
-        default=int(_env("workers", "32") or 32),
+        default=int(_env("workers", "64") or 64),
         help="Endpoints reconciled concurrently (the work queue's workers)",
     )
     p.add_argument("--log-level", default=_env("log-level", "info"))
@@ -94,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> int:
-    client = kube.KubeClient.from_config(args.kubeconfig, field_manager="voile-operator")
+    client = kube.KubeClient.from_config(
+        args.kubeconfig,
+        field_manager="voile-operator",
+        max_connections=max(64, 2 * args.workers),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -63,6 +63,10 @@ WAITING_SWEEP = 30.0  # an Endpoint waiting for an address is also retried this 
 _TRANSIENT = (kube.ApiError, OSError, TimeoutError)
 
 
+class _Gone(Exception):
+    """The Endpoint was deleted (or re-created) while it was being reconciled."""
+
+
 class Reconciler:
     """The operator's state: watch caches, the Endpoint work queue, the waiting Endpoints.
 
@@ -73,7 +77,7 @@ class Reconciler:
     only the Endpoints waiting in that network.
     """
 
-    def __init__(self, client: kube.KubeClient, settings: Settings, *, workers: int = 32) -> None:
+    def __init__(self, client: kube.KubeClient, settings: Settings, *, workers: int = 64) -> None:
         self.client = client
         self.settings = settings
         self.claims = ClaimView()
@@ -172,7 +176,10 @@ class Reconciler:
             delay = float(min(2 ** (failures - 1), 16))
             log.warning("endpoint %s/%s: API error, retrying in %.0f s: %s", *key, delay, exc)
         finally:
-            metrics.RECONCILE_SECONDS.labels("endpoint").observe(time.monotonic() - started)
+            took = time.monotonic() - started
+            metrics.RECONCILE_SECONDS.labels("endpoint").observe(took)
+            if took > 0.5:
+                log.info("endpoint %s/%s reconciled in %.2f s", *key, took)
         if delay is None and not self.queue.pending(key):
             self.bodies.done(key)
         return delay
@@ -190,14 +197,18 @@ class Reconciler:
         meta = body.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             return await self._deleting(key, body)
+        gate = None
         if c.OPERATOR_FINALIZER not in (meta.get("finalizers") or ()):
-            added = await self._add_finalizer(body)
-            if added is None:
-                return None  # gone, or changed meanwhile: its next event brings it back
-            self.bodies.offer(key, added)
-            body = added
+            # in parallel with the claim (one round trip less), awaited before the report
+            gate = asyncio.ensure_future(self._add_finalizer(body))
         network = str((body.get("spec") or {}).get("network", ""))
-        outcome = await self.endpoint(body, self.network_of(network))
+        try:
+            outcome = await self._endpoint(body, self.network_of(network), gate=gate)
+        except _Gone:
+            return None  # deleted meanwhile: its deletion event brings it back
+        finally:
+            if gate is not None and not gate.done():
+                gate.cancel()
         if outcome.ip is not None:
             return None
         if outcome.reason is c.Reason.INVALID_SPEC:
@@ -209,26 +220,26 @@ class Reconciler:
 
     async def _add_finalizer(self, body: Body) -> dict[str, Any] | None:
         """Add ``voile.dev/operator`` before anything is claimed, so that a deletion waits for
-        the release. Guarded by resourceVersion (another writer's finalizers are kept)."""
+        the release. By server-side apply: ``metadata.finalizers`` is a set there, so the entry
+        is ours alone and the agent adding its own at the same moment is no conflict (a merge
+        patch guarded by resourceVersion lost that race about every other time)."""
         meta = body.get("metadata") or {}
-        url = kube.path(
-            c.GROUP,
-            c.VERSION,
-            c.ENDPOINTS,
-            namespace=str(meta.get("namespace")),
-            name=str(meta.get("name")),
-        )
-        finalizers = [*(meta.get("finalizers") or ()), c.OPERATOR_FINALIZER]
-        patch = {
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=namespace, name=name)
+        document = {
+            "apiVersion": c.API_VERSION,
+            "kind": c.ENDPOINT,
             "metadata": {
-                "finalizers": finalizers,
-                "resourceVersion": str(meta.get("resourceVersion", "")),
-            }
+                "name": name,
+                "namespace": namespace,
+                "uid": str(meta.get("uid", "")),  # this incarnation only
+                "finalizers": [c.OPERATOR_FINALIZER],
+            },
         }
         try:
-            return await self.client.patch(url, patch, kind="merge")
-        except (kube.NotFound, kube.Conflict):
-            return None
+            return await self.client.patch(url, document, kind="apply")
+        except (kube.NotFound, kube.Conflict, kube.Invalid):
+            return None  # gone (an apply would create it, but without spec the schema refuses)
 
     async def _remove_finalizer(self, body: Body) -> bool:
         meta = body.get("metadata") or {}
@@ -290,8 +301,24 @@ class Reconciler:
         Serialised per Endpoint by the work queue."""
         return await self._endpoint(body, network)
 
+    async def _passed(self, gate: asyncio.Future[dict[str, Any] | None] | None, uid: str) -> None:
+        """Wait for the finalizer; if the Endpoint went meanwhile, release what was claimed for
+        it and raise ``_Gone``."""
+        if gate is None:
+            return
+        added = await gate
+        if added is None:
+            await self.ips.release_endpoint(uid)
+            raise _Gone(uid)
+        meta = added.get("metadata") or {}
+        self.bodies.offer((str(meta.get("namespace")), str(meta.get("name"))), added)
+
     async def _endpoint(
-        self, body: Body, network: OverlayNetwork | str | None
+        self,
+        body: Body,
+        network: OverlayNetwork | str | None,
+        *,
+        gate: asyncio.Future[dict[str, Any] | None] | None = None,
     ) -> plan.EndpointOutcome:
         meta = body.get("metadata") or {}
         existing = body.get("status") or {}
@@ -299,6 +326,7 @@ class Reconciler:
             ep = parse_endpoint(body)
         except ValidationError as exc:
             outcome = plan.EndpointOutcome(reason=c.Reason.INVALID_SPEC, message=str(exc))
+            await self._passed(gate, str(meta.get("uid", "")))
             await self._report_endpoint(meta, existing, outcome, None, None)
             return outcome
         net = network if isinstance(network, OverlayNetwork) else None
@@ -324,6 +352,7 @@ class Reconciler:
             )
         else:
             outcome = await self.ips.allocate(ep, network)
+        await self._passed(gate, ep.uid)
         written = await self._report_endpoint(meta, existing, outcome, ep, net)
         key = (ep.namespace, ep.name)
         if written is not None:

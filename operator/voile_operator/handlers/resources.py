@@ -41,10 +41,12 @@ def _delay(retry: int, cap: float = 8.0) -> float:
 # -- indexes (in-memory views kopf keeps current from its watches) ---------------------------
 # kopf fills every index from its initial list before it calls any other handler, so the
 # reconciler never sees a half-loaded cache (which could look like an Endpoint holding no claim).
+# Every handler here is async: kopf runs a sync one in a thread, and the reconciler's queue and
+# caches belong to the event loop.
 
 
 @kopf.index(G, V, c.OVERLAY_NETWORKS)
-def network_index(name: str, body: Mapping[str, Any], **_: Any) -> dict[str, object]:
+async def network_index(name: str, body: Mapping[str, Any], **_: Any) -> dict[str, object]:
     """name -> parsed OverlayNetwork (or the validation error): Endpoints resolve their network
     here instead of with one GET each."""
     try:
@@ -58,7 +60,7 @@ def _int(value: object) -> int | None:
 
 
 @kopf.index(G, V, c.ENDPOINTS)
-def endpoints_by_network(
+async def endpoints_by_network(
     spec: Mapping[str, Any],
     status: Mapping[str, Any],
     namespace: str | None,
@@ -77,13 +79,13 @@ def endpoints_by_network(
 
 
 @kopf.index(G, V, c.IP_CLAIMS)
-def ipclaims_by_endpoint(body: Mapping[str, Any], **_: Any) -> dict[str, IPClaimInfo]:
+async def ipclaims_by_endpoint(body: Mapping[str, Any], **_: Any) -> dict[str, IPClaimInfo]:
     claim = parse_ip_claim(body)
     return {claim.endpoint_uid: claim} if claim else {}
 
 
 @kopf.index(G, V, c.IP_CLAIMS)
-def ipclaims_by_network(body: Mapping[str, Any], **_: Any) -> dict[str, IPClaimInfo]:
+async def ipclaims_by_network(body: Mapping[str, Any], **_: Any) -> dict[str, IPClaimInfo]:
     claim = parse_ip_claim(body)
     return {claim.network: claim} if claim else {}
 
@@ -92,7 +94,9 @@ def ipclaims_by_network(body: Mapping[str, Any], **_: Any) -> dict[str, IPClaimI
 
 
 @kopf.on.event(G, V, c.ENDPOINTS, id="endpoint-event")
-def endpoint_event(event: Mapping[str, Any], body: Mapping[str, Any], memo: Any, **kw: Any) -> None:
+async def endpoint_event(
+    event: Mapping[str, Any], body: Mapping[str, Any], memo: Any, **kw: Any
+) -> None:
     """Endpoints are reconciled by the reconciler's work queue, not by kopf's change handlers:
     no progress or diff-base annotations to write, no kopf finalizer (ours is added by the
     worker). Every event only queues the Endpoint's key with its latest body."""
@@ -100,12 +104,16 @@ def endpoint_event(event: Mapping[str, Any], body: Mapping[str, Any], memo: Any,
 
 
 @kopf.on.event(G, V, c.IP_CLAIMS, id="claim-event")
-def claim_event(event: Mapping[str, Any], body: Mapping[str, Any], memo: Any, **kw: Any) -> None:
+async def claim_event(
+    event: Mapping[str, Any], body: Mapping[str, Any], memo: Any, **kw: Any
+) -> None:
     _reconciler(memo, kw).claim_event(event.get("type"), body)
 
 
 @kopf.on.event(G, V, c.OVERLAY_NETWORKS, id="network-event")
-def network_event(event: Mapping[str, Any], body: Mapping[str, Any], memo: Any, **kw: Any) -> None:
+async def network_event(
+    event: Mapping[str, Any], body: Mapping[str, Any], memo: Any, **kw: Any
+) -> None:
     _reconciler(memo, kw).network_event(event.get("type"), body)
 
 
