@@ -18,11 +18,12 @@ fakes of all three (tests/unit/test_agent_pass.py).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import ipaddress
 import logging
-from collections.abc import Collection, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from typing import Protocol, TypeVar
 
 from voile import kube
 from voile.api import constants as c
@@ -60,6 +61,27 @@ class View(Protocol):
     async def remote_synced(self, *, timeout: float) -> bool:
         """Whether every network watch has listed once (waiting at most ``timeout`` s)."""
         ...
+
+
+WRITES_AT_ONCE = 16  # API writes of one step in flight together (a burst: one round trip each)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def each(
+    items: Iterable[T], fn: Callable[[T], Awaitable[R]], *, limit: int = WRITES_AT_ONCE
+) -> list[R]:
+    """``fn`` over ``items``, at most ``limit`` at once, results in order: the writes of one
+    step go out together instead of one round trip after the other (40 Endpoints arriving on a
+    host cost one pass of ~3 round trips, not 120)."""
+    sem = asyncio.Semaphore(limit)
+
+    async def one(item: T) -> R:
+        async with sem:
+            return await fn(item)
+
+    return list(await asyncio.gather(*(one(i) for i in items)))
 
 
 class Writer(Protocol):
@@ -161,15 +183,17 @@ class Reconciler:
     async def finalize(self, work: Work, result: PassResult) -> None:
         """Step 3: our finalizer first. An allocated Endpoint that cannot get it is not plumbed
         (further) in this pass, but what it has stays: it is held, not stale."""
+        done = await each(work.wanted, lambda pair: self._finalized(pair[0], result))
         wanted = []
-        for ep, att in work.wanted:
-            if await self._finalized(ep, result):
+        for (ep, att), ok in zip(work.wanted, done, strict=True):
+            if ok:
                 wanted.append((ep, att))
             else:
                 work.held.append(att)
         work.wanted = wanted
-        for ep, waiting in work.waiting:
-            if await self._finalized(ep, result):
+        done = await each(work.waiting, lambda pair: self._finalized(pair[0], result))
+        for (ep, waiting), ok in zip(work.waiting, done, strict=True):
+            if ok:
                 cond = state.ready(waiting.reason, waiting.message, ep.generation)
                 work.conditions.append((ep, cond))
 
@@ -186,9 +210,8 @@ class Reconciler:
         """Step 4: publish the VTEP of an allocated endpoint before plumbing it (Ready stays
         False until it is plumbed), so the other hosts program their forwarding towards it
         while it is being plumbed and its first packets find the way back. Written once."""
-        for ep, _ in work.wanted:
-            if str(ep.status.vtep) == vtep:
-                continue
+
+        async def one(ep: Endpoint) -> None:
             pending = state.ready(
                 c.Reason.PENDING.value, f"being plumbed on {self.node}", ep.generation
             )
@@ -196,6 +219,8 @@ class Reconciler:
                 await self.writer.write_status(ep, vtep=vtep, cond=pending)
             except kube.ApiError as exc:
                 log.info("vtep not announced yet endpoint=%s error=%s", ep.key, exc)
+
+        await each([ep for ep, _ in work.wanted if str(ep.status.vtep) != vtep], one)
 
     async def attach(
         self, work: Work, before: Observed, result: PassResult, *, verify: bool
@@ -288,12 +313,16 @@ class Reconciler:
 
     async def report(self, work: Work, vtep: str, result: PassResult) -> None:
         """Step 9: vtep and Ready, written only when they differ from what the Endpoint shows."""
-        for ep, cond in work.conditions:
+
+        async def one(item: tuple[Endpoint, Condition]) -> None:
+            ep, cond = item
             shown_vtep = vtep if cond.reason == c.Reason.READY.value else None
             if state.status_is_current(ep, vtep=shown_vtep, cond=cond):
-                continue
+                return
             try:
                 await self.writer.write_status(ep, vtep=shown_vtep, cond=cond)
             except kube.ApiError as exc:
                 log.info("status not written endpoint=%s error=%s", ep.key, exc)
                 result.retry = True
+
+        await each(work.conditions, one)
