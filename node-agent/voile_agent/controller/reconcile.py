@@ -22,6 +22,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Protocol, TypeVar
 
@@ -64,6 +65,7 @@ class View(Protocol):
 
 
 WRITES_AT_ONCE = 16  # API writes of one step in flight together (a burst: one round trip each)
+WRITTEN_TTL = 15.0  # seconds a status write is trusted while the watch cache catches up
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -144,6 +146,10 @@ class Reconciler:
         # The attachment last plumbed per endpoint uid: unchanged and still held by the
         # datapath, it is not plumbed again until the next verify pass.
         self._attached: dict[str, Attachment] = {}
+        # The status last written per endpoint uid, so that a watch cache that has not caught
+        # up yet does not make every pass write it again (or flip Ready back to the Pending of
+        # the announcement): under load that was five status writes per Endpoint.
+        self._written: dict[str, tuple[float, str | None, Condition]] = {}
 
     async def run_pass(self, *, verify: bool) -> PassResult:
         """One pass. ``verify`` re-plumbs every attachment and compares every installed entry
@@ -217,10 +223,30 @@ class Reconciler:
             )
             try:
                 await self.writer.write_status(ep, vtep=vtep, cond=pending)
+                self._wrote(ep, vtep, pending)
             except kube.ApiError as exc:
                 log.info("vtep not announced yet endpoint=%s error=%s", ep.key, exc)
 
-        await each([ep for ep, _ in work.wanted if str(ep.status.vtep) != vtep], one)
+        todo = [
+            ep
+            for ep, _ in work.wanted
+            if str(ep.status.vtep) != vtep and not self._recently(ep, vtep, None)
+        ]
+        await each(todo, one)
+
+    def _wrote(self, ep: Endpoint, vtep: str | None, cond: Condition) -> None:
+        now = time.monotonic()
+        if len(self._written) > 4096:  # forget what the cache has long caught up with
+            self._written = {k: v for k, v in self._written.items() if now - v[0] < WRITTEN_TTL}
+        self._written[ep.uid] = (now, vtep, cond)
+
+    def _recently(self, ep: Endpoint, vtep: str | None, cond: Condition | None) -> bool:
+        """Whether this status (this vtep; and this condition, unless None) was written for
+        the Endpoint less than WRITTEN_TTL ago."""
+        last = self._written.get(ep.uid)
+        if last is None or time.monotonic() - last[0] > WRITTEN_TTL or last[1] != vtep:
+            return False
+        return cond is None or cond.same(last[2])
 
     async def attach(
         self, work: Work, before: Observed, result: PassResult, *, verify: bool
@@ -319,8 +345,11 @@ class Reconciler:
             shown_vtep = vtep if cond.reason == c.Reason.READY.value else None
             if state.status_is_current(ep, vtep=shown_vtep, cond=cond):
                 return
+            if self._recently(ep, shown_vtep, cond):
+                return
             try:
                 await self.writer.write_status(ep, vtep=shown_vtep, cond=cond)
+                self._wrote(ep, shown_vtep, cond)
             except kube.ApiError as exc:
                 log.info("status not written endpoint=%s error=%s", ep.key, exc)
                 result.retry = True
