@@ -97,7 +97,11 @@ class KubeClient:
 
     @classmethod
     def from_config(
-        cls, kubeconfig: str | None = None, *, field_manager: str = "voile"
+        cls,
+        kubeconfig: str | None = None,
+        *,
+        field_manager: str = "voile",
+        max_connections: int = 64,
     ) -> KubeClient:
         """Load a kubeconfig (path, $KUBECONFIG, ~/.kube/config) or the in-cluster account."""
         from kubernetes import client, config
@@ -118,7 +122,9 @@ class KubeClient:
         auth = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
         if auth:
             token = auth.removeprefix("Bearer ").strip()
-        return cls(cfg.host, ctx, token, field_manager=field_manager)
+        return cls(
+            cfg.host, ctx, token, field_manager=field_manager, max_connections=max_connections
+        )
 
     async def close(self) -> None:
         await self._session.close()

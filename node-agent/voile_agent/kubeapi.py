@@ -3,8 +3,9 @@ heartbeat Lease.
 
 Status is written with server-side apply under the field manager ``voile-agent``: the agent owns
 ``status.vtep`` and the ``Ready`` entry of the conditions list-map, the operator owns the rest, and
-neither can clobber the other. Finalizer changes carry a resourceVersion precondition so that
-finalizers added concurrently by others are never lost (a conflict is retried on the next pass).
+neither can clobber the other. The finalizer is added by server-side apply too (a set entry of its
+own) and removed by a merge patch with a resourceVersion precondition, so that finalizers added
+concurrently by others are never lost (a conflict is retried on the next pass).
 Every verb is idempotent. Errors are ``voile.kube.ApiError``.
 """
 
@@ -44,9 +45,26 @@ class KubeWriter:
         """Add ``voile.dev/agent`` keeping every other finalizer. Idempotent; False if present."""
         if c.AGENT_FINALIZER in ep.finalizers:
             return False
-        await self._set_finalizers(ep, [*ep.finalizers, c.AGENT_FINALIZER])
+        await self.apply_finalizer(ep)
         log.info("finalizer added endpoint=%s", ep.key)
         return True
+
+    async def apply_finalizer(self, ep: Endpoint) -> None:
+        """By server-side apply: ``metadata.finalizers`` is a set there, so the entry is the
+        agent's alone and the operator adding its own at the same moment is no conflict (the
+        resourceVersion-guarded merge patch lost that race for most new Endpoints). The uid
+        makes it this incarnation's only."""
+        document = {
+            "apiVersion": c.API_VERSION,
+            "kind": c.ENDPOINT,
+            "metadata": {
+                "name": ep.name,
+                "namespace": ep.namespace,
+                "uid": ep.uid,
+                "finalizers": [c.AGENT_FINALIZER],
+            },
+        }
+        await self.client.patch(endpoint_path(ep.namespace, ep.name), document, kind="apply")
 
     async def remove_finalizer(self, ep: Endpoint) -> bool:
         """Remove only ``voile.dev/agent``. Idempotent: False if absent or the object is gone."""

@@ -1,5 +1,5 @@
-"""``voile-operator``: leader election on a Lease, then kopf embedded, the claim collector and the
-metrics endpoint.
+"""``voile-operator``: leader election on a Lease, then kopf embedded (watches and indexes), the
+Endpoint work queue, the claim collector and the metrics endpoint.
 
 One replica acts at a time: a replica first acquires the Lease ``voile-operator`` in --namespace
 (the same --id re-acquires at once after a restart; another id waits for expiry), then runs kopf
@@ -95,13 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(_env("gc-grace", "120") or 120),
         help="minimum age of a claim before the collector may delete it",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("workers", "64") or 64),
+        help="Endpoints reconciled concurrently (the work queue's workers)",
+    )
     p.add_argument("--log-level", default=_env("log-level", "info"))
     p.add_argument("--log-format", choices=["text", "json"], default=_env("log-format", "text"))
     return p
 
 
 async def run(args: argparse.Namespace) -> int:
-    client = kube.KubeClient.from_config(args.kubeconfig, field_manager="voile-operator")
+    client = kube.KubeClient.from_config(
+        args.kubeconfig,
+        field_manager="voile-operator",
+        max_connections=max(64, 2 * args.workers),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -135,6 +145,7 @@ async def _lead(args: argparse.Namespace, client: kube.KubeClient, elector: Lead
             underlay_mtu=args.underlay_mtu,
             agent_dead_after=args.agent_dead_after,
         ),
+        workers=args.workers,
     )
     kopf_stop = asyncio.Event()
     operator = asyncio.create_task(
@@ -151,7 +162,8 @@ async def _lead(args: argparse.Namespace, client: kube.KubeClient, elector: Lead
     collector = asyncio.create_task(
         ClaimCollector(client, interval=args.gc_interval, grace=args.gc_grace).run()
     )
-    waiters = asyncio.create_task(reconciler.run_waiters())
+    workers = asyncio.create_task(reconciler.queue.run())
+    counts = asyncio.create_task(reconciler.run_network_counts())
     health = asyncio.create_task(
         HealthMonitor(
             client,
@@ -170,7 +182,8 @@ async def _lead(args: argparse.Namespace, client: kube.KubeClient, elector: Lead
         code = EXIT_KOPF_FAILED
     kopf_stop.set()
     collector.cancel()
-    waiters.cancel()
+    workers.cancel()
+    counts.cancel()
     health.cancel()
     stop_holding.set()
     with contextlib.suppress(Exception, asyncio.CancelledError):

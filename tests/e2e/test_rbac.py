@@ -67,6 +67,7 @@ MATRIX: list[tuple[str, str, str, bool, bool]] = [
     ("create", "ipclaims.voile.dev", CLUSTER, True, False),
     ("delete", "ipclaims.voile.dev", CLUSTER, True, False),
     ("list", "ipclaims.voile.dev", CLUSTER, True, False),
+    ("watch", "ipclaims.voile.dev", CLUSTER, True, False),
     ("update", "ipclaims.voile.dev", CLUSTER, False, False),
     ("create", "vniclaims.voile.dev", CLUSTER, True, False),
     ("delete", "vniclaims.voile.dev", CLUSTER, True, False),

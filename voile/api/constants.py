@@ -22,6 +22,9 @@ VNI_CLAIMS = "vniclaims"
 # once the address claim is released. The operator waits for the agent's before releasing.
 OPERATOR_FINALIZER = f"{GROUP}/operator"
 AGENT_FINALIZER = f"{GROUP}/agent"
+# kopf's own finalizer, on OverlayNetworks only (its delete handler). Not voile.dev/operator: kopf
+# strips its finalizer from every object without a delete handler, and Endpoints carry ours.
+KOPF_FINALIZER = f"{GROUP}/kopf"
 
 # Labels (values must be valid label values: network names are DNS labels, <= 63 characters).
 LABEL_NETWORK = f"{GROUP}/network"

@@ -5,9 +5,10 @@ Creating a claim that exists answers 409; if the existing claim names our Endpoi
 ours (we crashed after creating it) and is reused, otherwise the address is taken. Every verb
 here is idempotent.
 
-The in-process state (per network: a lock, the addresses known taken, the addresses in flight)
-only keeps 100 concurrent Endpoints of one network from all trying the same candidate; it is
-refreshed from a quorum list when it is old or when it says the pool is full.
+Reads come from the operator's watch cache of IPClaims (``cache.ClaimView``), not from lists:
+the addresses taken in a network and the claims an Endpoint holds cost no request. The addresses
+in flight (being created right now) keep concurrent Endpoints of one network from all trying the
+same candidate. A stale cache costs a 409 and the next candidate, never a duplicate.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
-import time
 from collections.abc import Callable
 
 from voile import kube
 from voile.api import constants as c
 from voile.api.model import Endpoint, OverlayNetwork
 from voile_operator import metrics
+from voile_operator.appliers.cache import ClaimView
 from voile_operator.planning import ipam, vni
 from voile_operator.planning.status import EndpointOutcome
 
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 
 IP_CLAIMS = kube.path(c.GROUP, c.VERSION, c.IP_CLAIMS)
 VNI_CLAIMS = kube.path(c.GROUP, c.VERSION, c.VNI_CLAIMS)
-CACHE_TTL = 30.0
 MAX_ATTEMPTS = 64  # candidates tried per reconcile before giving up until the next retry
 
 
@@ -43,40 +43,28 @@ def vni_claim_path(name: str) -> str:
     return kube.path(c.GROUP, c.VERSION, c.VNI_CLAIMS, name=name)
 
 
-@dataclasses.dataclass(kw_only=True, slots=True)
-class _PoolState:
-    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
-    taken: set[int] = dataclasses.field(default_factory=set)
-    inflight: set[int] = dataclasses.field(default_factory=set)
-    loaded_at: float = -1e9
-
-
 class Allocator:
-    """Addresses for Endpoints, by IPClaim. One per operator process."""
+    """Addresses for Endpoints, by IPClaim. One per operator process; reads come from the watch
+    cache (``ClaimView``), writes go to the API server, which decides."""
 
     def __init__(
-        self, client: kube.KubeClient, on_release: Callable[[str], None] | None = None
+        self,
+        client: kube.KubeClient,
+        view: ClaimView,
+        on_release: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
-        self._pools: dict[str, _PoolState] = {}
+        self.view = view
+        self._inflight: dict[str, set[int]] = {}  # network -> candidates being created now
         self._on_release = on_release
 
-    def _state(self, network: str) -> _PoolState:
-        return self._pools.setdefault(network, _PoolState())
+    def network_claims(self, network: str) -> list[ipam.IPClaimInfo]:
+        """Every IPClaim of a network, from the watch cache."""
+        return self.view.of_network(network)
 
-    async def network_claims(self, network: str) -> list[ipam.IPClaimInfo]:
-        """Every IPClaim of a network (quorum list). Also refreshes the in-process view."""
-        items, _ = await self.client.list(IP_CLAIMS, label_selector=f"{c.LABEL_NETWORK}={network}")
-        claims = [cl for cl in map(ipam.parse_ip_claim, items) if cl and cl.network == network]
-        state = self._state(network)
-        state.taken = {int(cl.ip) for cl in claims}
-        state.loaded_at = time.monotonic()
-        return claims
-
-    async def endpoint_claims(self, uid: str) -> list[ipam.IPClaimInfo]:
-        """The claims labelled with an Endpoint's uid (quorum list, no resourceVersion)."""
-        items, _ = await self.client.list(IP_CLAIMS, label_selector=f"{c.LABEL_ENDPOINT_UID}={uid}")
-        return [cl for cl in map(ipam.parse_ip_claim, items) if cl and cl.endpoint_uid == uid]
+    def endpoint_claims(self, uid: str) -> list[ipam.IPClaimInfo]:
+        """The claims of an Endpoint (by its uid), from the watch cache."""
+        return self.view.of_endpoint(uid)
 
     async def release(self, claim: ipam.IPClaimInfo) -> bool:
         """Delete one claim, only that incarnation (uid precondition). Idempotent."""
@@ -84,7 +72,7 @@ class Allocator:
             deleted = await self.client.delete(ip_claim_path(claim.name), uid=claim.uid)
         except kube.Conflict:
             return False  # re-created by someone else since: not ours to delete
-        self._state(claim.network).taken.discard(int(claim.ip))
+        self.view.deleted(claim)
         if deleted:
             metrics.RELEASES.labels(claim.network).inc()
             if self._on_release is not None:
@@ -95,7 +83,7 @@ class Allocator:
     async def release_endpoint(self, uid: str) -> int:
         """Release every claim of an Endpoint. Idempotent: 0 when none is left."""
         count = 0
-        for claim in await self.endpoint_claims(uid):
+        for claim in self.endpoint_claims(uid):
             count += int(await self.release(claim))
         return count
 
@@ -113,15 +101,17 @@ class Allocator:
             if existing is None:
                 return None  # released between our create and get: try again next round
             claim = ipam.parse_ip_claim(existing)
+            if claim is not None:
+                self.view.created(claim)  # seen: the cache may not have it yet
             if claim is None or claim.endpoint_uid != ep.uid:
-                self._state(network).taken.add(int(ip))
                 return None
-        self._state(network).taken.add(int(ip))
+        if claim is not None:
+            self.view.created(claim)
         return claim
 
     async def holder_of(self, network: str, ip: ipaddress.IPv4Address) -> str:
-        obj = await self.client.get(ip_claim_path(ipam.ip_claim_name(network, ip)))
-        claim = ipam.parse_ip_claim(obj) if obj else None
+        name = ipam.ip_claim_name(network, ip)
+        claim = next((cl for cl in self.network_claims(network) if cl.name == name), None)
         if claim is None:
             return "another endpoint"
         return f"endpoint {claim.endpoint_namespace}/{claim.endpoint_name}"
@@ -130,7 +120,7 @@ class Allocator:
         """Make sure the Endpoint holds exactly one claim in its network; return its address or
         why it has none. Idempotent: rerunning reuses what it holds."""
         pool = ipam.Pool.from_spec(net.name, net.spec)
-        held = await self.endpoint_claims(ep.uid)
+        held = self.endpoint_claims(ep.uid)
         plan = ipam.plan_existing_claims(
             held, network=net.name, status_ip=ep.status.ip, requested_ip=ep.spec.ip
         )
@@ -171,7 +161,6 @@ class Allocator:
     async def _allocate_dynamic(
         self, ep: Endpoint, net: OverlayNetwork, pool: ipam.Pool
     ) -> EndpointOutcome:
-        state = self._state(net.name)
         previous = ep.status.ip
         # status shows an address but its claim is gone: take the same one back if free
         if (
@@ -180,29 +169,25 @@ class Allocator:
             and await self._try_claim(net.name, previous, ep) is not None
         ):
             return EndpointOutcome(ip=previous)
-        refreshed = False
+        inflight = self._inflight.setdefault(net.name, set())
         for _ in range(MAX_ATTEMPTS):
-            async with state.lock:
-                if time.monotonic() - state.loaded_at > CACHE_TTL:
-                    await self.network_claims(net.name)
-                    refreshed = True
-                candidate = pool.lowest_free(state.taken | state.inflight)
-                if candidate is None and not refreshed:
-                    await self.network_claims(net.name)  # our view may be stale: look again
-                    refreshed = True
-                    candidate = pool.lowest_free(state.taken | state.inflight)
-                if candidate is None:
-                    return EndpointOutcome(
-                        reason=c.Reason.POOL_EXHAUSTED,
-                        message=f"all {pool.capacity} addresses of {net.spec.cidr} are taken; "
-                        "waiting for one to be released",
-                    )
-                state.inflight.add(int(candidate))
+            # no await between choosing and reserving: concurrent reconciles never pick the same
+            candidate = pool.lowest_free(self.view.taken(net.name) | inflight)
+            if candidate is None:
+                return EndpointOutcome(
+                    reason=c.Reason.POOL_EXHAUSTED,
+                    message=f"all {pool.capacity} addresses of {net.spec.cidr} are taken; "
+                    "waiting for one to be released",
+                )
+            inflight.add(int(candidate))
             try:
                 if await self._try_claim(net.name, candidate, ep) is not None:
                     return EndpointOutcome(ip=candidate)
             finally:
-                state.inflight.discard(int(candidate))
+                inflight.discard(int(candidate))
+                if not inflight:
+                    self._inflight.pop(net.name, None)
+                    inflight = self._inflight.setdefault(net.name, set())
         return EndpointOutcome(
             reason=c.Reason.WAITING_FOR_ALLOCATION,
             message=f"{MAX_ATTEMPTS} candidates were taken concurrently; retrying",
@@ -228,6 +213,12 @@ class VNIAllocator:
 
     def lock(self, network: str) -> asyncio.Lock:
         return self._locks.setdefault(network, asyncio.Lock())
+
+    def forget(self, network: str) -> None:
+        """The network is gone: drop its lock (unless someone holds it)."""
+        lock = self._locks.get(network)
+        if lock is not None and not lock.locked():
+            del self._locks[network]
 
     async def held(self, net: OverlayNetwork) -> list[vni.VNIClaimInfo]:
         items, _ = await self.client.list(

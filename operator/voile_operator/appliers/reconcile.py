@@ -1,18 +1,19 @@
 """observe -> plan -> apply for one Endpoint or one OverlayNetwork.
 
-Handlers call these and translate the outcome into kopf's retry language. Each reconcile is
-idempotent: rerunning it after a crash or a restart reuses the claims it finds (by uid label) and
+Endpoints: kopf's watch events feed a work queue (``queue.WorkQueue``), whose workers reconcile
+one Endpoint at a time each, from the latest body and the watch caches (``cache``): no list, no
+kopf state on the object. Networks (few) keep kopf's handlers. Each reconcile is idempotent:
+rerunning it after a crash or a restart reuses the claims it finds (by the Endpoint's uid) and
 applies status only when it differs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import dataclasses
 import datetime
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,8 +23,10 @@ from voile.api.model import Endpoint, OverlayNetwork, parse_endpoint, parse_over
 from voile.errors import ValidationError
 from voile_operator import metrics
 from voile_operator.appliers import agents
-from voile_operator.appliers.claims import Allocator, VNIAllocator
+from voile_operator.appliers.cache import BodyStore, ClaimView, EndpointRef, Index, slim
+from voile_operator.appliers.claims import Allocator, VNIAllocator, VNIResult
 from voile_operator.appliers.events import post_event
+from voile_operator.appliers.queue import WorkQueue
 from voile_operator.appliers.status import (
     apply_endpoint_status,
     apply_network_status,
@@ -55,83 +58,238 @@ class DeletionStep:
     agent_gone: bool = False
 
 
+Key = tuple[str, str]  # (namespace, name) of an Endpoint
+WAITING_SWEEP = 30.0  # an Endpoint waiting for an address is also retried this often
+_TRANSIENT = (kube.ApiError, OSError, TimeoutError)
+
+
+class _Gone(Exception):
+    """The Endpoint was deleted (or re-created) while it was being reconciled."""
+
+
 class Reconciler:
-    def __init__(self, client: kube.KubeClient, settings: Settings) -> None:
+    """The operator's state: watch caches, the Endpoint work queue, the waiting Endpoints.
+
+    kopf's watches feed it (``endpoint_event``, ``claim_event``, ``network_event``, called by the
+    thin handlers) and its indexes are bound with ``bind``; the queue's workers reconcile one
+    Endpoint at a time each (``process``). Nothing here lists the world in a loop: a network's
+    change re-queues only the Endpoints that show a different VNI or MTU, and a release wakes
+    only the Endpoints waiting in that network.
+    """
+
+    def __init__(self, client: kube.KubeClient, settings: Settings, *, workers: int = 64) -> None:
         self.client = client
         self.settings = settings
-        self.ips = Allocator(client, on_release=self.wake)
+        self.claims = ClaimView()
+        self.ips = Allocator(client, self.claims, on_release=self.wake)
         self.vnis = VNIAllocator(client)
-        # Endpoints without an address, per network: retried by ``run_waiters`` when something
-        # changes in their network (a release, the network appearing or getting its VNI) and on
-        # a slow sweep, instead of by kopf retries (each retry is an annotation write per object).
-        self.waiting: dict[str, dict[tuple[str, str], str]] = collections.defaultdict(dict)
-        self._dirty: set[str] = set()
-        self._wakeup = asyncio.Event()
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.bodies = BodyStore()
+        self.queue: WorkQueue[Key] = WorkQueue(self.process, workers=workers)
+        self.networks: Index | None = None  # kopf index: name -> parsed OverlayNetwork | error
+        self.endpoints: Index | None = None  # kopf index: network -> EndpointRef
+        self.network_bodies: dict[str, dict[str, Any]] = {}
+        # Endpoints without an address, per network: re-queued when something changes in their
+        # network (a release, the network appearing or getting its VNI), else every sweep.
+        self.waiting: dict[str, set[Key]] = {}
+        self._failures: dict[Key, int] = {}
+        self._dirty_networks: set[str] = set()
+        self._network_wakeup = asyncio.Event()
+
+    # -- what the watches say ---------------------------------------------------------------
+
+    def bind(self, indexes: Mapping[str, Any]) -> None:
+        """kopf's indexes (passed to every handler); bound once, they stay current."""
+        if self.networks is None:
+            self.networks = indexes["network_index"]
+            self.endpoints = indexes["endpoints_by_network"]
+            self.claims.bind(indexes["ipclaims_by_endpoint"], indexes["ipclaims_by_network"])
+
+    def endpoint_event(self, kind: str | None, body: Body) -> None:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        self._network_changed(str((body.get("spec") or {}).get("network", "")))
+        if kind == "DELETED":
+            self.bodies.drop(key)
+            self.queue.forget(key)
+            self.forget(*key)
+            return
+        if self.bodies.offer(key, body):
+            self.queue.add(key)
+
+    def claim_event(self, kind: str | None, body: Body) -> None:
+        network = str((body.get("spec") or {}).get("network", ""))
+        self._network_changed(network)
+        if kind == "DELETED":
+            self.wake(network)  # someone may wait for this address (or for any address)
+
+    def network_event(self, kind: str | None, body: Body) -> None:
+        name = str((body.get("metadata") or {}).get("name", ""))
+        if kind == "DELETED":
+            self.network_bodies.pop(name, None)
+            self.vnis.forget(name)
+        else:
+            self.network_bodies[name] = slim(body)
+        self.wake(name)
 
     def wake(self, network: str) -> None:
-        """Retry the endpoints waiting in ``network`` soon (something there changed)."""
-        if self.waiting.get(network):
-            self._dirty.add(network)
-            self._wakeup.set()
-
-    def _track(self, key: tuple[str, str], network: str, outcome: plan.EndpointOutcome) -> None:
-        for waiters in self.waiting.values():
-            waiters.pop(key, None)
-        if outcome.ip is None and outcome.reason is not c.Reason.INVALID_SPEC:
-            self.waiting[network][key] = str(getattr(outcome.reason, "value", outcome.reason))
+        """Re-queue the endpoints waiting in ``network`` (something there changed)."""
+        for key in self.waiting.get(network, ()):
+            self.queue.add(key)
 
     def forget(self, namespace: str, name: str) -> None:
-        for waiters in self.waiting.values():
-            waiters.pop((namespace, name), None)
+        key = (namespace, name)
+        self._failures.pop(key, None)
+        for network in [n for n, keys in self.waiting.items() if key in keys]:
+            self.waiting[network].discard(key)
+            if not self.waiting[network]:
+                del self.waiting[network]
 
-    async def run_waiters(self, *, sweep: float = 5.0, concurrency: int = 16) -> None:
-        """Forever: retry waiting endpoints of woken networks at once, all of them every
-        ``sweep`` seconds. Cancelled with leadership."""
-        while True:
-            woken = False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=sweep)
-                woken = True
-            self._wakeup.clear()
-            networks = set(self._dirty) if woken else {n for n, w in self.waiting.items() if w}
-            self._dirty.clear()
-            await asyncio.gather(
-                *(self._retry_network(n, concurrency) for n in sorted(networks)),
-                return_exceptions=True,
+    def _track(self, key: Key, network: str, outcome: plan.EndpointOutcome) -> None:
+        self.forget(*key)
+        if outcome.ip is None and outcome.reason is not c.Reason.INVALID_SPEC:
+            self.waiting.setdefault(network, set()).add(key)
+
+    def _network_changed(self, network: str) -> None:
+        if network:
+            self._dirty_networks.add(network)
+            self._network_wakeup.set()
+
+    def network_of(self, name: str) -> OverlayNetwork | str | None:
+        store = (self.networks or {}).get(name)
+        value = next(iter(store or ()), None)
+        return value if isinstance(value, (OverlayNetwork, str)) else None
+
+    def endpoint_count(self, network: str) -> int:
+        return len(list((self.endpoints or {}).get(network) or ()))
+
+    # -- the queue's worker -------------------------------------------------------------------
+
+    async def process(self, key: Key) -> float | None:
+        """Reconcile one Endpoint from its latest body; None when done, or seconds until the
+        next try. Never raises for API errors: it backs off per key."""
+        started = time.monotonic()
+        try:
+            delay = await self._process(key)
+            self._failures.pop(key, None)
+        except _TRANSIENT as exc:
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
+            delay = float(min(2 ** (failures - 1), 16))
+            log.warning("endpoint %s/%s: API error, retrying in %.0f s: %s", *key, delay, exc)
+        finally:
+            took = time.monotonic() - started
+            metrics.RECONCILE_SECONDS.labels("endpoint").observe(took)
+            if took > 0.5:
+                log.info("endpoint %s/%s reconciled in %.2f s", *key, took)
+        if delay is None and not self.queue.pending(key):
+            self.bodies.done(key)
+        return delay
+
+    async def _process(self, key: Key) -> float | None:
+        body: Body | None = self.bodies.get(key)
+        if body is None:  # re-queued without an event (a sweep, a network change): read it
+            body = await self.client.get(
+                kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=key[0], name=key[1])
             )
+            if body is None:
+                self.forget(*key)
+                return None
+            self.bodies.offer(key, body)
+        meta = body.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return await self._deleting(key, body)
+        gate = None
+        if c.OPERATOR_FINALIZER not in (meta.get("finalizers") or ()):
+            # in parallel with the claim (one round trip less), awaited before the report
+            gate = asyncio.ensure_future(self._add_finalizer(body))
+        network = str((body.get("spec") or {}).get("network", ""))
+        try:
+            outcome = await self._endpoint(body, self.network_of(network), gate=gate)
+        except _Gone:
+            return None  # deleted meanwhile: its deletion event brings it back
+        finally:
+            if gate is not None and not gate.done():
+                gate.cancel()
+        if outcome.ip is not None:
+            return None
+        if outcome.reason is c.Reason.INVALID_SPEC:
+            return None
+        if outcome.reason is c.Reason.WAITING_FOR_ALLOCATION:
+            return 1.0
+        log.info("endpoint %s/%s waits: %s", *key, outcome.message)
+        return WAITING_SWEEP
 
-    async def _retry_network(self, network: str, concurrency: int) -> None:
-        obj = await self.client.get(kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS, name=network))
-        net: OverlayNetwork | str | None = None
-        if obj is not None:
-            try:
-                net = parse_overlay_network(obj)
-            except ValidationError as exc:
-                net = str(exc)
-        sem = asyncio.Semaphore(concurrency)
+    async def _add_finalizer(self, body: Body) -> dict[str, Any] | None:
+        """Add ``voile.dev/operator`` before anything is claimed, so that a deletion waits for
+        the release. By server-side apply: ``metadata.finalizers`` is a set there, so the entry
+        is ours alone and the agent adding its own at the same moment is no conflict (a merge
+        patch guarded by resourceVersion lost that race about every other time)."""
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=namespace, name=name)
+        document = {
+            "apiVersion": c.API_VERSION,
+            "kind": c.ENDPOINT,
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": str(meta.get("uid", "")),  # this incarnation only
+                "finalizers": [c.OPERATOR_FINALIZER],
+            },
+        }
+        try:
+            return await self.client.patch(url, document, kind="apply")
+        except (kube.NotFound, kube.Conflict, kube.Invalid):
+            return None  # gone (an apply would create it, but without spec the schema refuses)
 
-        async def one(key: tuple[str, str]) -> None:
-            async with sem:
-                body = await self.client.get(
-                    kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=key[0], name=key[1])
-                )
-                if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-                    self.forget(*key)
-                    return
-                try:
-                    outcome = await self.endpoint(body, net)
-                    if outcome.ip is not None:
-                        await post_event(
-                            self.client,
-                            body,
-                            reason=c.Reason.ALLOCATED.value,
-                            message=f"allocated {outcome.ip} in network {network}",
-                        )
-                except (kube.ApiError, OSError, TimeoutError) as exc:
-                    log.warning("retry of endpoint %s/%s failed: %s", *key, exc)
+    async def _remove_finalizer(self, body: Body) -> bool:
+        meta = body.get("metadata") or {}
+        url = kube.path(
+            c.GROUP,
+            c.VERSION,
+            c.ENDPOINTS,
+            namespace=str(meta.get("namespace")),
+            name=str(meta.get("name")),
+        )
+        remaining = [f for f in meta.get("finalizers") or () if f != c.OPERATOR_FINALIZER]
+        patch = {
+            "metadata": {
+                "finalizers": remaining,
+                "resourceVersion": str(meta.get("resourceVersion", "")),
+            }
+        }
+        try:
+            await self.client.patch(url, patch, kind="merge")
+        except kube.NotFound:
+            return True
+        except kube.Conflict:
+            return False
+        return True
 
-        await asyncio.gather(*(one(k) for k in list(self.waiting.get(network, {}))))
+    async def _deleting(self, key: Key, body: Body) -> float | None:
+        meta = body.get("metadata") or {}
+        self.forget(*key)
+        if c.OPERATOR_FINALIZER not in (meta.get("finalizers") or ()):
+            return None  # not ours (never allocated by us, or already released)
+        started = time.monotonic()
+        try:
+            step = await self.endpoint_deleted(body)
+        finally:
+            metrics.RECONCILE_SECONDS.labels("release").observe(time.monotonic() - started)
+        if step.agent_gone:
+            await post_event(
+                self.client,
+                body,
+                reason=c.Reason.AGENT_GONE.value,
+                message=f"removed finalizer {c.AGENT_FINALIZER}: {step.message}",
+                type_="Warning",
+            )
+            return 0.5  # the finalizer list changed: finish with the next body
+        if not step.done:
+            return 2.0
+        if not await self._remove_finalizer(body):
+            return 0.5  # changed meanwhile (the agent's finalizer went): with the next body
+        log.debug("endpoint %s/%s: %s", *key, step.message)
+        return None
 
     # -- Endpoint ------------------------------------------------------------------------------
 
@@ -140,14 +298,27 @@ class Reconciler:
     ) -> plan.EndpointOutcome:
         """Allocate (or keep) the Endpoint's address and report it. ``network`` is the parsed
         network from the index, an error string if its spec is invalid, or None if absent.
-        Serialised per Endpoint (kopf and the waiter loop may both get to it)."""
-        uid = str((body.get("metadata") or {}).get("uid", ""))
-        lock = self._locks.setdefault(uid, asyncio.Lock())
-        async with lock:
-            return await self._endpoint(body, network)
+        Serialised per Endpoint by the work queue."""
+        return await self._endpoint(body, network)
+
+    async def _passed(self, gate: asyncio.Future[dict[str, Any] | None] | None, uid: str) -> None:
+        """Wait for the finalizer; if the Endpoint went meanwhile, release what was claimed for
+        it and raise ``_Gone``."""
+        if gate is None:
+            return
+        added = await gate
+        if added is None:
+            await self.ips.release_endpoint(uid)
+            raise _Gone(uid)
+        meta = added.get("metadata") or {}
+        self.bodies.offer((str(meta.get("namespace")), str(meta.get("name"))), added)
 
     async def _endpoint(
-        self, body: Body, network: OverlayNetwork | str | None
+        self,
+        body: Body,
+        network: OverlayNetwork | str | None,
+        *,
+        gate: asyncio.Future[dict[str, Any] | None] | None = None,
     ) -> plan.EndpointOutcome:
         meta = body.get("metadata") or {}
         existing = body.get("status") or {}
@@ -155,6 +326,7 @@ class Reconciler:
             ep = parse_endpoint(body)
         except ValidationError as exc:
             outcome = plan.EndpointOutcome(reason=c.Reason.INVALID_SPEC, message=str(exc))
+            await self._passed(gate, str(meta.get("uid", "")))
             await self._report_endpoint(meta, existing, outcome, None, None)
             return outcome
         net = network if isinstance(network, OverlayNetwork) else None
@@ -180,10 +352,22 @@ class Reconciler:
             )
         else:
             outcome = await self.ips.allocate(ep, network)
-        await self._report_endpoint(meta, existing, outcome, ep, net)
-        self._track((ep.namespace, ep.name), ep.spec.network, outcome)
+        await self._passed(gate, ep.uid)
+        written = await self._report_endpoint(meta, existing, outcome, ep, net)
+        key = (ep.namespace, ep.name)
+        if written is not None:
+            self.bodies.offer(key, written)
+        self._track(key, ep.spec.network, outcome)
         if outcome.ip is None:
             metrics.ALLOCATION_FAILURES.labels(str(getattr(outcome.reason, "value", ""))).inc()
+        elif ep.status.ip is not None and ep.status.ip != outcome.ip:
+            # an address change is news (a first allocation is in the Allocated condition)
+            await post_event(
+                self.client,
+                {"kind": c.ENDPOINT, **dict(body)},
+                reason=c.Reason.ALLOCATED.value,
+                message=f"allocated {outcome.ip} in network {ep.spec.network} (was {ep.status.ip})",
+            )
         return outcome
 
     async def _report_endpoint(
@@ -193,7 +377,7 @@ class Reconciler:
         outcome: plan.EndpointOutcome,
         ep: Endpoint | None,
         net: OverlayNetwork | None,
-    ) -> bool:
+    ) -> dict[str, Any] | None:
         mtu = None
         if net is not None:
             mtu = net.mtu or mtu_for(net.spec.mtu, self.settings.underlay_mtu)
@@ -220,7 +404,6 @@ class Reconciler:
         then drop its finalizer first). Idempotent."""
         meta = body.get("metadata") or {}
         self.forget(str(meta.get("namespace")), str(meta.get("name")))
-        self._locks.pop(str(meta.get("uid", "")), None)  # the Endpoint is going away
         finalizers = list(meta.get("finalizers") or [])
         uid = str(meta.get("uid", ""))
         node = str((body.get("spec") or {}).get("node", ""))
@@ -254,8 +437,11 @@ class Reconciler:
 
     # -- OverlayNetwork ------------------------------------------------------------------------
 
-    async def network(self, body: Body, endpoints: int) -> plan.NetworkOutcome:
-        """Hold the network's VNI, compute MTU and counts, and report them. Idempotent."""
+    async def network(
+        self, body: Body, endpoints: int, *, ensure_vni: bool = True
+    ) -> plan.NetworkOutcome:
+        """Hold the network's VNI, compute MTU and counts, and report them. Idempotent.
+        ``ensure_vni=False`` (the count refresh) trusts a VNI that status already shows."""
         meta = body.get("metadata") or {}
         existing = body.get("status") or {}
         gen = int(meta.get("generation") or 0)
@@ -270,11 +456,14 @@ class Reconciler:
             )
             await self._report_network(meta, existing, gen, outcome)
             return outcome
-        async with self.vnis.lock(net.name):
-            vni = await self.vnis.ensure(net)
+        if not ensure_vni and net.vni is not None and gen == existing.get("observedGeneration"):
+            vni = VNIResult(vni=net.vni)
+        else:
+            async with self.vnis.lock(net.name):
+                vni = await self.vnis.ensure(net)
         if vni.reason is c.Reason.VNI_CONFLICT:
             metrics.VNI_CONFLICTS.inc()
-        claims = await self.ips.network_claims(net.name)
+        claims = self.ips.network_claims(net.name)
         pool = ipam.Pool.from_spec(net.name, net.spec)
         allocated = sum(1 for cl in claims if pool.allowed(int(cl.ip)))
         metrics.POOL_ALLOCATED.labels(net.name).set(len(claims))
@@ -297,30 +486,48 @@ class Reconciler:
         await self._report_network(meta, existing, gen, outcome)
         if outcome.vni_reason is None:
             self.wake(net.name)  # endpoints waiting for this network (to exist, or its VNI)
-            changed = existing.get("mtu") not in (None, outcome.mtu) or existing.get("vni") not in (
-                None,
-                outcome.vni,
-            )
-            if changed:  # e.g. spec.mtu edited: every endpoint's status carries the new value
-                await self._refresh_endpoints(
-                    dataclasses.replace(net, vni=outcome.vni, mtu=outcome.mtu)
-                )
+            self._refresh_endpoints(dataclasses.replace(net, vni=outcome.vni, mtu=outcome.mtu))
         return outcome
 
-    async def _refresh_endpoints(self, net: OverlayNetwork) -> None:
-        """Re-reconcile the endpoints of a network whose VNI or MTU changed. Idempotent."""
-        url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS)
-        items, _ = await self.client.list(url, field_selector=f"spec.network={net.name}")
-        for body in items:
-            if not (body.get("metadata") or {}).get("deletionTimestamp"):
-                await self.endpoint(body, net)
-        log.info(
-            "network=%s vni=%s mtu=%s: refreshed %d endpoint(s)",
-            net.name,
-            net.vni,
-            net.mtu,
-            len(items),
-        )
+    def _refresh_endpoints(self, net: OverlayNetwork) -> int:
+        """Re-queue the endpoints of a network whose status shows another VNI or MTU (e.g.
+        spec.mtu edited), from the index: only those, and no list. Returns how many."""
+        stale = [
+            ref
+            for ref in (self.endpoints or {}).get(net.name) or ()
+            if isinstance(ref, EndpointRef)
+            and ref.allocated
+            and (ref.vni, ref.mtu) != (net.vni, net.mtu)
+        ]
+        for ref in stale:
+            self.queue.add((ref.namespace, ref.name))
+        if stale:
+            log.info(
+                "network=%s vni=%s mtu=%s: refreshing %d endpoint(s)",
+                net.name,
+                net.vni,
+                net.mtu,
+                len(stale),
+            )
+        return len(stale)
+
+    async def run_network_counts(self, *, period: float = 2.0) -> None:
+        """Forever: the counts in the status of networks whose endpoints or claims changed, at
+        most once per ``period`` each (cancelled with leadership). From the caches: no list."""
+        while True:
+            await self._network_wakeup.wait()
+            await asyncio.sleep(period)  # debounce: a burst becomes one status write
+            self._network_wakeup.clear()
+            dirty, self._dirty_networks = self._dirty_networks, set()
+            for name in sorted(dirty):
+                body = self.network_bodies.get(name)
+                if body is None:
+                    continue
+                try:
+                    await self.network(body, self.endpoint_count(name), ensure_vni=False)
+                except _TRANSIENT as exc:
+                    log.warning("network=%s: count refresh failed: %s", name, exc)
+                    self._network_changed(name)
 
     async def _report_network(
         self, meta: Body, existing: Body, gen: int, outcome: plan.NetworkOutcome
@@ -357,3 +564,24 @@ class Reconciler:
         released = await self.vnis.release(net)
         log.info("network=%s deleted, released %d VNI claim(s)", name, released)
         return 0
+
+    async def drop_legacy_network_finalizer(self, body: Body) -> bool:
+        """Until issue 17, kopf's finalizer was ``voile.dev/operator`` on networks too; a network
+        created then still carries it besides kopf's ``voile.dev/kopf``: drop it on deletion
+        (guarded by resourceVersion). Idempotent: False when it is not there."""
+        meta = body.get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or ())
+        if c.OPERATOR_FINALIZER not in finalizers:
+            return False
+        url = kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS, name=str(meta.get("name")))
+        patch = {
+            "metadata": {
+                "finalizers": [f for f in finalizers if f != c.OPERATOR_FINALIZER],
+                "resourceVersion": str(meta.get("resourceVersion", "")),
+            }
+        }
+        try:
+            await self.client.patch(url, patch, kind="merge")
+        except kube.NotFound:
+            return False
+        return True

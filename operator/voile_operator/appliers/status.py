@@ -24,20 +24,20 @@ async def apply_endpoint_status(
     name: str,
     existing: Mapping[str, Any] | None,
     desired: Mapping[str, Any],
-) -> bool:
-    """Apply the operator's share of an Endpoint's status; False when nothing had to change."""
+) -> dict[str, Any] | None:
+    """Apply the operator's share of an Endpoint's status; the object as written, or None when
+    nothing had to change (or it is gone)."""
     if not plan.needs_apply(existing, desired, plan.ENDPOINT_FIELDS):
-        return False
+        return None
     url = kube.path(
         c.GROUP, c.VERSION, c.ENDPOINTS, namespace=namespace, name=name, subresource="status"
     )
     try:
-        await client.patch(
+        return await client.patch(
             url, plan.apply_document(c.ENDPOINT, name, namespace, desired), kind="apply"
         )
     except kube.NotFound:
-        return False  # deleted meanwhile: nothing to report on
-    return True
+        return None  # deleted meanwhile: nothing to report on
 
 
 async def apply_network_status(

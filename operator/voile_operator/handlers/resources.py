@@ -1,9 +1,9 @@
-"""kopf handlers for OverlayNetwork and Endpoint. Thin: parse, call one reconcile, translate.
+"""kopf handlers: indexes (watch caches), events into the reconciler, OverlayNetwork handlers.
 
 Importing this module registers the handlers in kopf's default registry. The shared
-``Reconciler`` is in ``memo.reconciler`` (set by main). Retries use ``kopf.TemporaryError`` with a
-delay, so a missing network, a taken or excluded address, an exhausted pool and a VNI conflict
-recover by themselves when the cause goes away, without a crash loop.
+``Reconciler`` is in ``memo.reconciler`` (set by main). Endpoints go through the reconciler's
+work queue (its own retries, no kopf state on them); OverlayNetworks, a handful of objects, keep
+kopf's change handlers, whose ``kopf.TemporaryError`` retries a VNI conflict until it clears.
 """
 
 from __future__ import annotations
@@ -16,18 +16,21 @@ import kopf
 
 from voile import kube
 from voile.api import constants as c
-from voile.api.model import OverlayNetwork, parse_overlay_network
+from voile.api.model import parse_overlay_network
 from voile.errors import ValidationError
 from voile_operator import metrics
+from voile_operator.appliers.cache import EndpointRef
 from voile_operator.appliers.reconcile import Reconciler
+from voile_operator.planning.ipam import IPClaimInfo, parse_ip_claim
 
 G, V = c.GROUP, c.VERSION
-NETWORK_REFRESH_SECONDS = 5.0
+VNI_RETRY_SECONDS = 5.0
 _TRANSIENT_API = (kube.ApiError, OSError, TimeoutError)
 
 
-def _reconciler(memo: Any) -> Reconciler:
+def _reconciler(memo: Any, indexes: Mapping[str, Any]) -> Reconciler:
     rec: Reconciler = memo.reconciler
+    rec.bind(indexes)
     return rec
 
 
@@ -36,10 +39,14 @@ def _delay(retry: int, cap: float = 8.0) -> float:
 
 
 # -- indexes (in-memory views kopf keeps current from its watches) ---------------------------
+# kopf fills every index from its initial list before it calls any other handler, so the
+# reconciler never sees a half-loaded cache (which could look like an Endpoint holding no claim).
+# Every handler here is async: kopf runs a sync one in a thread, and the reconciler's queue and
+# caches belong to the event loop.
 
 
 @kopf.index(G, V, c.OVERLAY_NETWORKS)
-def network_index(name: str, body: Mapping[str, Any], **_: Any) -> dict[str, object]:
+async def network_index(name: str, body: Mapping[str, Any], **_: Any) -> dict[str, object]:
     """name -> parsed OverlayNetwork (or the validation error): Endpoints resolve their network
     here instead of with one GET each."""
     try:
@@ -48,129 +55,94 @@ def network_index(name: str, body: Mapping[str, Any], **_: Any) -> dict[str, obj
         return {name: str(exc)}
 
 
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 @kopf.index(G, V, c.ENDPOINTS)
-def endpoints_by_network(spec: Mapping[str, Any], uid: str, **_: Any) -> dict[str, str]:
-    return {str(spec.get("network", "")): uid}
-
-
-def _lookup(index: Mapping[str, Any], name: str) -> OverlayNetwork | str | None:
-    store = index.get(name)
-    if not store:
-        return None
-    value = next(iter(store), None)
-    return value if isinstance(value, (OverlayNetwork, str)) else None
-
-
-# -- Endpoint ------------------------------------------------------------------------------
-
-
-@kopf.on.resume(G, V, c.ENDPOINTS, id="allocate")
-@kopf.on.create(G, V, c.ENDPOINTS, id="allocate")
-@kopf.on.update(G, V, c.ENDPOINTS, id="allocate", field="spec")
-async def allocate(
-    body: Mapping[str, Any],
+async def endpoints_by_network(
     spec: Mapping[str, Any],
-    memo: Any,
-    logger: kopf.Logger,
-    retry: int,
-    **kwargs: Any,
-) -> None:
-    started = time.monotonic()
-    network = _lookup(kwargs["network_index"], str(spec.get("network", "")))
-    try:
-        outcome = await _reconciler(memo).endpoint(body, network)
-    except _TRANSIENT_API as exc:
-        raise kopf.TemporaryError(f"API error, retrying: {exc}", delay=_delay(retry)) from exc
-    finally:
-        metrics.RECONCILE_SECONDS.labels("endpoint").observe(time.monotonic() - started)
-    if outcome.ip is None:
-        reason = getattr(outcome.reason, "value", str(outcome.reason))
-        if outcome.reason is c.Reason.INVALID_SPEC:
-            raise kopf.PermanentError(f"{reason}: {outcome.message}")
-        # Not a kopf retry: the reconciler's waiter loop retries it when its network changes
-        # (a release, the network appearing) and on a sweep; the condition says why it waits.
-        logger.warning("%s: %s", reason, outcome.message)
-        return
-    if str(outcome.ip) != (body.get("status") or {}).get("ip"):
-        kopf.event(
-            body,  # type: ignore[arg-type]
-            type="Normal",
-            reason=c.Reason.ALLOCATED.value,
-            message=f"allocated {outcome.ip} in network {spec.get('network')}",
+    status: Mapping[str, Any],
+    namespace: str | None,
+    name: str,
+    **_: Any,
+) -> dict[str, EndpointRef]:
+    return {
+        str(spec.get("network", "")): EndpointRef(
+            namespace=namespace or "",
+            name=name,
+            allocated=bool(status.get("ip")),
+            vni=_int(status.get("vni")),
+            mtu=_int(status.get("mtu")),
         )
-    logger.debug("allocated ip=%s", outcome.ip)  # no return value: kopf would write it to status
+    }
 
 
-@kopf.on.delete(G, V, c.ENDPOINTS, id="release")
-async def release(
-    body: Mapping[str, Any], memo: Any, logger: kopf.Logger, retry: int, **_: Any
+@kopf.index(G, V, c.IP_CLAIMS)
+async def ipclaims_by_endpoint(body: Mapping[str, Any], **_: Any) -> dict[str, IPClaimInfo]:
+    claim = parse_ip_claim(body)
+    return {claim.endpoint_uid: claim} if claim else {}
+
+
+@kopf.index(G, V, c.IP_CLAIMS)
+async def ipclaims_by_network(body: Mapping[str, Any], **_: Any) -> dict[str, IPClaimInfo]:
+    claim = parse_ip_claim(body)
+    return {claim.network: claim} if claim else {}
+
+
+# -- events: into the reconciler's caches and work queue (no kopf state on the objects) -------
+
+
+@kopf.on.event(G, V, c.ENDPOINTS, id="endpoint-event")
+async def endpoint_event(
+    event: Mapping[str, Any], body: Mapping[str, Any], memo: Any, **kw: Any
 ) -> None:
-    started = time.monotonic()
-    try:
-        step = await _reconciler(memo).endpoint_deleted(body)
-    except kube.Conflict as exc:
-        raise kopf.TemporaryError("endpoint changed meanwhile; retrying", delay=1) from exc
-    except _TRANSIENT_API as exc:
-        raise kopf.TemporaryError(f"API error, retrying: {exc}", delay=_delay(retry)) from exc
-    finally:
-        metrics.RECONCILE_SECONDS.labels("release").observe(time.monotonic() - started)
-    if step.agent_gone:
-        kopf.warn(
-            body,  # type: ignore[arg-type]
-            reason=c.Reason.AGENT_GONE.value,
-            message=f"removed finalizer {c.AGENT_FINALIZER}: {step.message}",
-        )
-    if not step.done:
-        raise kopf.TemporaryError(step.message, delay=min(2 + retry, 5))
-    logger.debug("%s", step.message)
+    """Endpoints are reconciled by the reconciler's work queue, not by kopf's change handlers:
+    no progress or diff-base annotations to write, no kopf finalizer (ours is added by the
+    worker). Every event only queues the Endpoint's key with its latest body."""
+    _reconciler(memo, kw).endpoint_event(event.get("type"), body)
+
+
+@kopf.on.event(G, V, c.IP_CLAIMS, id="claim-event")
+async def claim_event(
+    event: Mapping[str, Any], body: Mapping[str, Any], memo: Any, **kw: Any
+) -> None:
+    _reconciler(memo, kw).claim_event(event.get("type"), body)
+
+
+@kopf.on.event(G, V, c.OVERLAY_NETWORKS, id="network-event")
+async def network_event(
+    event: Mapping[str, Any], body: Mapping[str, Any], memo: Any, **kw: Any
+) -> None:
+    _reconciler(memo, kw).network_event(event.get("type"), body)
 
 
 # -- OverlayNetwork ------------------------------------------------------------------------
-
-
-async def _network(
-    body: Mapping[str, Any],
-    name: str,
-    memo: Any,
-    retry: int,
-    endpoints_by_network: Mapping[str, Any],
-) -> None:
-    started = time.monotonic()
-    count = len(endpoints_by_network.get(name) or ())
-    try:
-        await _reconciler(memo).network(body, count)
-    except _TRANSIENT_API as exc:
-        raise kopf.TemporaryError(f"API error, retrying: {exc}", delay=_delay(retry)) from exc
-    finally:
-        metrics.RECONCILE_SECONDS.labels("network").observe(time.monotonic() - started)
 
 
 @kopf.on.resume(G, V, c.OVERLAY_NETWORKS, id="network")
 @kopf.on.create(G, V, c.OVERLAY_NETWORKS, id="network")
 @kopf.on.update(G, V, c.OVERLAY_NETWORKS, id="network", field="spec")
 async def network(body: Mapping[str, Any], name: str, memo: Any, retry: int, **kwargs: Any) -> None:
-    await _network(body, name, memo, retry, kwargs["endpoints_by_network"])
-
-
-@kopf.timer(
-    G,
-    V,
-    c.OVERLAY_NETWORKS,
-    id="refresh",
-    interval=NETWORK_REFRESH_SECONDS,
-    initial_delay=NETWORK_REFRESH_SECONDS,
-)
-async def refresh(body: Mapping[str, Any], name: str, memo: Any, **kwargs: Any) -> None:
-    """Counts, pool gauges, and the retry of a VNI conflict, every few seconds."""
-    await _network(body, name, memo, 0, kwargs["endpoints_by_network"])
+    rec = _reconciler(memo, kwargs)
+    started = time.monotonic()
+    try:
+        outcome = await rec.network(body, rec.endpoint_count(name))
+    except _TRANSIENT_API as exc:
+        raise kopf.TemporaryError(f"API error, retrying: {exc}", delay=_delay(retry)) from exc
+    finally:
+        metrics.RECONCILE_SECONDS.labels("network").observe(time.monotonic() - started)
+    if outcome.vni_reason in (c.Reason.VNI_CONFLICT, c.Reason.PENDING, c.Reason.VNI_EXHAUSTED):
+        # retried until the VNI is free (status says why meanwhile)
+        raise kopf.TemporaryError(outcome.vni_message, delay=VNI_RETRY_SECONDS)
 
 
 @kopf.on.delete(G, V, c.OVERLAY_NETWORKS, id="network-release")
 async def network_release(
-    body: Mapping[str, Any], memo: Any, logger: kopf.Logger, retry: int, **_: Any
+    body: Mapping[str, Any], memo: Any, logger: kopf.Logger, retry: int, **kwargs: Any
 ) -> None:
     try:
-        remaining = await _reconciler(memo).network_deleted(body)
+        remaining = await _reconciler(memo, kwargs).network_deleted(body)
     except _TRANSIENT_API as exc:
         raise kopf.TemporaryError(f"API error, retrying: {exc}", delay=_delay(retry)) from exc
     if remaining:
@@ -179,4 +151,8 @@ async def network_release(
             "network",
             delay=min(2 + retry, 5),
         )
+    try:
+        await _reconciler(memo, kwargs).drop_legacy_network_finalizer(body)
+    except _TRANSIENT_API as exc:  # a Conflict too: kopf retries with the fresh object
+        raise kopf.TemporaryError(f"finalizer: {exc}", delay=1) from exc
     logger.info("released the VNI of network %s", (body.get("metadata") or {}).get("name"))

@@ -1,0 +1,575 @@
+"""Scale: N simulated hosts, E Endpoints over M networks, against the real API server.
+
+Up to 10 hosts run real agents on real Open vSwitch in network namespaces (the lab); hosts
+beyond ``--ovs-hosts`` run agents with the null datapath (memory only), so at 100 hosts only the
+control plane and the agents' own work are measured. One run reports:
+
+- apply -> allocated (status.ip), apply -> Ready (the agent's condition): p50/p99/max, and
+  apply -> first ping for a sample of Endpoints on OVS hosts (a namespace each, pinging a probe);
+- API requests per Endpoint, by verb and resource, from the API server's own counters
+  (apiserver_request_total; the bench's own creates and watch subtracted);
+- operator and agent CPU seconds and peak RSS (/proc);
+- the baseline in the same run: the raw create rate of the same API server for a concurrent
+  client (16 at a time, ConfigMaps of Endpoint size, nothing watching them), and the ratio of
+  the operator's allocations/s to it;
+- deletion of everything: time until no Endpoint is left, leaked claims, duplicate addresses.
+
+Bounded: E <= 12,000, hosts <= 120, every wait has a deadline (``--timeout``, default 600 s).
+Run as root (OVS hosts), e.g.:
+    .venv/bin/python bench/bench_scale.py --hosts 10 --ovs-hosts 10 --endpoints 1000
+    .venv/bin/python bench/bench_scale.py --hosts 100 --ovs-hosts 0 --endpoints 10000
+    .venv/bin/python bench/bench_scale.py --hosts 3 --ovs-hosts 3 --endpoints 30 --rate 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from voile import kube
+from voile.api import constants as c
+from voile.controlplane import ControlPlane
+from voile.crds import install_crds
+from voile.lab.host import add_netns, del_netns
+from voile.lab.lab import Lab
+from voile.lab.measure import percentile
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = REPO / ".venv" / "bin"
+NS = "bench-scale"
+BASELINE_CONCURRENCY = 16
+OCTETS = range(40, 50)  # this bench's underlays: 198.18.40-49.0/24 (see docs/scale.md)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(CPU seconds, peak RSS in MB) of a live process; (0, 0) if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        hwm = next(
+            (ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if "VmHWM" in ln),
+            "VmHWM: 0 kB",
+        )
+        return cpu, int(hwm.split()[1]) / 1024
+    except (OSError, IndexError, ValueError):
+        return 0.0, 0.0
+
+
+def null_agent(kubeconfig: Path, node: str, vtep: str, state: Path) -> list[str]:
+    return [
+        str(BIN / "voile-agent"), "run",
+        "--node", node,
+        "--datapath", "null",
+        "--vtep-ip", vtep,
+        "--kubeconfig", str(kubeconfig),
+        "--namespace", c.DEFAULT_NAMESPACE,
+        "--attach-socket", "",
+        "--docker-plugin-socket", "",
+        "--cni-spool-dir", "",
+        "--state-dir", str(state),
+        "--probe-interval", "0",
+        "--resync-period", "60",
+        "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def operator_argv(kubeconfig: Path) -> list[str]:
+    return [
+        str(BIN / "voile-operator"),
+        "--kubeconfig", str(kubeconfig),
+        "--id", "bench-scale",
+        "--metrics-port", "0",
+        "--gc-interval", "60",
+        "--log-level", "info",
+    ]  # fmt: skip
+
+
+class Procs:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: Sequence[str]) -> int:
+        with (self.log_dir / f"{name}.log").open("ab") as out:
+            proc = subprocess.Popen(
+                list(argv), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.started.append(proc)
+        return proc.pid
+
+    def stop(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.started:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+# -- API server counters -------------------------------------------------------------------
+
+_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+async def request_counts(client: kube.KubeClient) -> collections.Counter[tuple[str, str]]:
+    """apiserver_request_total summed by (verb, resource[/subresource]) for voile.dev and events."""
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    for line in (await client.get_text("/metrics")).splitlines():
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m["labels"]))
+        if labels.get("group") not in ("voile.dev", "") or labels.get("resource") in (
+            None,
+            "",
+            "configmaps",
+            "namespaces",
+            "leases",
+        ):
+            continue
+        sub = labels.get("subresource")
+        resource = labels["resource"] + (f"/{sub}" if sub else "")
+        counts[(labels.get("verb", ""), resource)] += int(float(m["value"]))
+    return counts
+
+
+# -- objects -------------------------------------------------------------------------------
+
+
+def endpoint_body(name: str, network: str, node: str, netns: str | None) -> dict[str, Any]:
+    target: dict[str, Any] = (
+        {"netns": {"path": f"/run/netns/{netns}", "interface": "eth0"}} if netns else {"host": {}}
+    )
+    return {
+        "apiVersion": c.API_VERSION,
+        "kind": c.ENDPOINT,
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"network": network, "node": node, "target": target},
+    }
+
+
+async def ensure_ns(client: kube.KubeClient, name: str) -> None:
+    with contextlib.suppress(kube.Conflict):
+        await client.create(
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+        )
+
+
+async def raw_baseline(client: kube.KubeClient, count: int) -> float:
+    """Creates/s of ConfigMaps (about an Endpoint's size), 16 concurrent, nothing watching."""
+    ns = "bench-scale-raw"
+    await ensure_ns(client, ns)
+    url = f"/api/v1/namespaces/{ns}/configmaps"
+    sem = asyncio.Semaphore(BASELINE_CONCURRENCY)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await client.create(
+                url,
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": f"raw-{i:05d}"},
+                    "data": {"network": f"n{i % 10}", "node": "null-1", "target": "host"},
+                },
+            )
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    rate = count / (time.monotonic() - t0)
+    await client.request("DELETE", url)  # deletecollection
+    return rate
+
+
+def first_ping(netns: str, address: str, limit: float) -> float | None:
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        proc = subprocess.run(
+            ["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "0.2", "-q", address],
+            capture_output=True,
+            check=False,
+            timeout=5,
+        )
+        if proc.returncode == 0:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    return None
+
+
+def condition(obj: dict[str, Any], kind: str) -> str | None:
+    for cond in (obj.get("status") or {}).get("conditions") or ():
+        if cond.get("type") == kind:
+            return str(cond.get("status"))
+    return None
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace, kubeconfig: Path, nodes: list[str]) -> None:
+        self.args, self.kubeconfig, self.nodes = args, kubeconfig, nodes
+        self.created: dict[str, float] = {}
+        self.allocated: dict[str, float] = {}
+        self.ready: dict[str, float] = {}
+        self.pinged: dict[str, float] = {}
+        self.last: dict[str, dict[str, Any]] = {}
+
+    async def watch(self, client: kube.KubeClient, stop: asyncio.Event) -> None:
+        url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=NS)
+        _, rv = await client.list(url)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, kube.Gone, OSError):
+                async for kind, obj in client.watch(url, resource_version=rv, timeout_seconds=30):
+                    meta = obj.get("metadata") or {}
+                    rv = meta.get("resourceVersion", rv)
+                    if kind == "BOOKMARK":
+                        continue
+                    name, now = str(meta.get("name")), time.monotonic()
+                    self.last[name] = obj
+                    if (obj.get("status") or {}).get("ip"):
+                        self.allocated.setdefault(name, now)
+                    if condition(obj, "Ready") == "True":
+                        self.ready.setdefault(name, now)
+                    if stop.is_set():
+                        return
+
+    async def create_all(
+        self, client: kube.KubeClient, networks: list[str], ping_targets: dict[str, str]
+    ) -> None:
+        url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=NS)
+        sem = asyncio.Semaphore(64)
+        period = 1.0 / self.args.rate if self.args.rate else 0.0
+        t0 = time.monotonic()
+
+        async def one(i: int) -> None:
+            name = f"ep-{i:05d}"
+            netns = ping_targets.get(name)
+            node = self.nodes[i % len(self.nodes)]
+            net = networks[0] if netns else networks[i % len(networks)]
+            if period:
+                await asyncio.sleep(max(0.0, t0 + i * period - time.monotonic()))
+            async with sem:
+                self.created[name] = time.monotonic()
+                await client.create(url, endpoint_body(name, net, node, netns))
+
+        await asyncio.gather(*(one(i) for i in range(self.args.endpoints)))
+
+
+def ping_sampler(run: Run, probe: str, targets: dict[str, str], limit: float) -> threading.Thread:
+    def work() -> None:
+        for name, netns in targets.items():
+            while name not in run.created:
+                time.sleep(0.01)
+            took = first_ping(netns, probe, limit)
+            if took is not None:
+                run.pinged[name] = time.monotonic() - run.created[name]
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread
+
+
+def dist(label: str, values: list[float], total: int) -> None:
+    if not values:
+        print(f"{label:26} none of {total}")
+        return
+    print(
+        f"{label:26} n={len(values):5d}/{total:<5d} p50 {percentile(values, 50):7.2f} s"
+        f"  p99 {percentile(values, 99):7.2f} s  max {max(values):7.2f} s"
+    )
+
+
+async def measure(
+    args: argparse.Namespace,
+    kubeconfig: Path,
+    nodes: list[str],
+    pids: dict[str, int],
+    probe: tuple[str, str] | None,
+    ping_targets: dict[str, str],
+) -> int:
+    run = Run(args, kubeconfig, nodes)
+    async with kube.KubeClient.from_config(str(kubeconfig)) as client:
+        await ensure_ns(client, NS)
+        networks = [f"scale-{i}" for i in range(args.networks)]
+        if probe is None:
+            for i, net in enumerate(networks):
+                await client.create(
+                    kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS),
+                    {
+                        "apiVersion": c.API_VERSION,
+                        "kind": c.OVERLAY_NETWORK,
+                        "metadata": {"name": net},
+                        "spec": {"cidr": f"198.19.{i * 8}.0/21"},
+                    },
+                )
+
+        async def nets_ready() -> bool:
+            for net in networks:
+                obj = await client.get(kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS, name=net))
+                if not ((obj or {}).get("status") or {}).get("vni"):
+                    return False
+            return True
+
+        await kube.wait_for(nets_ready, timeout=120, what="networks Ready")
+        raw_rate = await raw_baseline(client, min(args.endpoints, 2000))
+        before_stats = {k: proc_stats(p) for k, p in pids.items()}
+        before = await request_counts(client)
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(run.watch(client, stop))
+        await asyncio.sleep(1)
+        pinger = ping_sampler(run, probe[1], ping_targets, 30.0) if probe else None
+        t0 = time.monotonic()
+        await run.create_all(client, networks, ping_targets)
+        created_in = time.monotonic() - t0
+        deadline = t0 + args.timeout
+        goal = run.allocated if args.no_agents else run.ready
+        while time.monotonic() < deadline and len(goal) < args.endpoints:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+        all_ready = time.monotonic() - t0
+        if pinger:
+            await asyncio.to_thread(pinger.join, 60)
+        after = await request_counts(client)
+        after_stats = {k: proc_stats(p) for k, p in pids.items()}
+        stop.set()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watcher
+
+        # duplicates, then delete everything and look for leaks
+        by_net: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+        for name, obj in run.last.items():
+            ip = (obj.get("status") or {}).get("ip")
+            if ip:
+                by_net[(obj["spec"]["network"], ip)].append(name)
+        duplicates = {k: v for k, v in by_net.items() if len(v) > 1}
+
+    n = args.endpoints
+    alloc = [run.allocated[k] - run.created[k] for k in run.created if k in run.allocated]
+    ready = [run.ready[k] - run.created[k] for k in run.created if k in run.ready]
+    print(
+        f"# {n} endpoints, {args.networks} networks, {len(nodes)} hosts "
+        f"({args.ovs_hosts} OVS, {len(nodes) - args.ovs_hosts} null), "
+        f"{'burst' if not args.rate else f'{args.rate}/s'}; created in {created_in:.1f} s"
+    )
+    dist("apply -> allocated", alloc, n)
+    dist("apply -> Ready", ready, n)
+    if ping_targets:
+        dist("apply -> first ping", list(run.pinged.values()), len(ping_targets))
+    last_alloc = max(run.allocated.values(), default=t0) - t0
+    print(f"all Ready after            {all_ready:7.1f} s ({len(run.ready)}/{n} Ready)")
+    alloc_rate = len(alloc) / last_alloc if last_alloc > 0 else 0.0
+    print(f"raw API creates (baseline) {raw_rate:7.1f}/s  ({BASELINE_CONCURRENCY} concurrent)")
+    print(
+        f"operator allocations       {alloc_rate:7.1f}/s  ratio x{alloc_rate / raw_rate:.2f} of raw"
+    )
+    delta = after - before
+    delta[("POST", "endpoints")] -= n  # the bench's own
+    delta[("WATCH", "endpoints")] -= 1
+    total = sum(v for v in delta.values() if v > 0)
+    print(f"API requests per endpoint  {total / n:7.2f} (operator + agents, bench excluded)")
+    for (verb, res), count in sorted(delta.items(), key=lambda kv: -kv[1]):
+        if count > 0:
+            print(f"    {verb:8} {res:28} {count / n:6.2f}/endpoint  ({count})")
+    op = [k for k in pids if k == "operator"]
+    agents = [k for k in pids if k != "operator"]
+    for key in op:
+        cpu = after_stats[key][0] - before_stats[key][0]
+        print(f"operator CPU {cpu:7.1f} s   peak RSS {after_stats[key][1]:6.1f} MB")
+    if agents:
+        cpus = [after_stats[k][0] - before_stats[k][0] for k in agents]
+        rss = [after_stats[k][1] for k in agents]
+        print(
+            f"agents ({len(agents)}) CPU mean {sum(cpus) / len(cpus):6.2f} s max {max(cpus):6.2f}"
+            f" s; peak RSS mean {sum(rss) / len(rss):6.1f} MB max {max(rss):6.1f} MB"
+        )
+    print(f"duplicate addresses        {len(duplicates)}", flush=True)
+    deleted_in, left, claims = await delete_all(kubeconfig, args.timeout)
+    print(f"delete all: {deleted_in:6.1f} s; left {left} endpoints, {claims} leaked claims")
+    return 0 if not duplicates and not claims else 1
+
+
+async def delete_all(kubeconfig: Path, timeout: float) -> tuple[float, int, int]:
+    """Delete every Endpoint (32 at a time); seconds until none and no IPClaim is left."""
+    url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=NS)
+    claims_url = kube.path(c.GROUP, c.VERSION, c.IP_CLAIMS)
+    async with kube.KubeClient.from_config(str(kubeconfig)) as client:
+        items, _ = await client.list(url)
+        sem = asyncio.Semaphore(32)
+
+        async def one(name: str) -> None:
+            async with sem:
+                with contextlib.suppress(kube.ApiError, TimeoutError, OSError):
+                    await client.delete(f"{url}/{name}")
+
+        d0 = time.monotonic()
+        await asyncio.gather(*(one(str(i["metadata"]["name"])) for i in items))
+        left: list[Any] = []
+        claims: list[Any] = []
+        while time.monotonic() - d0 < timeout:
+            left, _ = await client.list(url)
+            claims = [  # this bench's (the lab's probe keeps its own)
+                cl
+                for cl in (await client.list(claims_url))[0]
+                if ((cl.get("spec") or {}).get("endpoint") or {}).get("namespace") == NS
+            ]
+            if not left and not claims:
+                break
+            await asyncio.sleep(1)
+        return time.monotonic() - d0, len(left), len(claims)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--hosts", type=int, default=10)
+    p.add_argument("--ovs-hosts", type=int, default=None, help="default min(hosts, 10)")
+    p.add_argument("--endpoints", type=int, default=1000)
+    p.add_argument("--networks", type=int, default=10)
+    p.add_argument("--rate", type=float, default=0.0, help="endpoints/s (0 = all at once)")
+    p.add_argument("--ping-sample", type=int, default=30)
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument(
+        "--no-agents",
+        action="store_true",
+        help="null hosts without agents: the operator's allocation alone (no Ready)",
+    )
+    p.add_argument("--log-dir", type=Path, default=None, help="keep the processes' logs here")
+    args = p.parse_args()
+    args.ovs_hosts = min(args.hosts, 10) if args.ovs_hosts is None else args.ovs_hosts
+    if not (1 <= args.hosts <= 120 and 0 <= args.ovs_hosts <= min(10, args.hosts)):
+        p.error("1 <= hosts <= 120 and 0 <= ovs-hosts <= min(10, hosts)")
+    if not 1 <= args.endpoints <= 12000 or not 1 <= args.networks <= 30:
+        p.error("1 <= endpoints <= 12000, 1 <= networks <= 30")
+    if args.ovs_hosts and os.geteuid() != 0:
+        p.error("OVS hosts need root")
+    if args.no_agents and args.ovs_hosts:
+        p.error("--no-agents takes --ovs-hosts 0")
+    with tempfile.TemporaryDirectory(prefix="voile-scale-") as tmp:
+        return _run(args, Path(tmp))
+
+
+def _run(args: argparse.Namespace, tmp: Path) -> int:
+    if args.log_dir:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
+    procs = Procs(args.log_dir or tmp)
+    pids: dict[str, int] = {}
+    lab: Lab | None = None
+    plane: ControlPlane | None = None
+    ping_targets: dict[str, str] = {}
+    probe: tuple[str, str] | None = None
+    nodes: list[str] = []
+    try:
+        if args.ovs_hosts:
+            octet = next(o for o in OCTETS if not _octet_used(o))
+            lab = Lab(tmp / "lab", run_id=f"sc{octet}", underlay_octet=octet)
+            lab.up(hosts=args.ovs_hosts)
+            kubeconfig = lab.kubeconfig
+            state = lab._state()
+            pids["operator"] = int(state["pids"]["operator"])
+            for i in range(1, args.ovs_hosts + 1):
+                pids[f"agent/host-{i}"] = int(state["pids"][f"agent/host-{i}"])
+                nodes.append(f"host-{i}")
+            asyncio.run(_lab_networks(kubeconfig, args.networks))
+            probe = ("host-1", lab.attach("host-1", "probe", "scale-0"))
+            sample = min(args.ping_sample, args.endpoints)
+            for i in range(args.endpoints):
+                if len(ping_targets) >= sample:
+                    break
+                if i % args.hosts < args.ovs_hosts:  # on an OVS host
+                    netns = f"{lab.container_prefix}p{i}"
+                    add_netns(netns)
+                    ping_targets[f"ep-{i:05d}"] = netns
+        else:
+            plane = ControlPlane(tmp / "controlplane")
+            plane.start()
+            kubeconfig = plane.kubeconfig
+            asyncio.run(_install(kubeconfig))
+            pids["operator"] = procs.start("operator", operator_argv(kubeconfig))
+        for k in range(args.ovs_hosts + 1, args.hosts + 1):
+            node = f"null-{k}"
+            nodes.append(node)
+            if args.no_agents:
+                continue
+            state_dir = tmp / node
+            state_dir.mkdir()
+            vtep = f"198.18.{OCTETS[-1]}.{k}"
+            pids[f"agent/{node}"] = procs.start(node, null_agent(kubeconfig, node, vtep, state_dir))
+        if not args.no_agents:
+            asyncio.run(_wait_agents(kubeconfig, nodes))
+        # order: by host index, so endpoint i lands on nodes[i % hosts] (OVS hosts first)
+        return asyncio.run(measure(args, kubeconfig, nodes, pids, probe, ping_targets))
+    finally:
+        procs.stop()
+        if lab is not None:
+            lab.down()
+        for netns in ping_targets.values():
+            del_netns(netns)
+        if plane is not None:
+            plane.stop()
+
+
+def _octet_used(octet: int) -> bool:
+    out = subprocess.run(
+        ["ip", "-o", "-4", "addr", "show"], check=False, capture_output=True, text=True, timeout=10
+    )
+    return f" 198.18.{octet}." in out.stdout
+
+
+async def _install(kubeconfig: Path) -> None:
+    async with kube.KubeClient.from_config(str(kubeconfig)) as client:
+        await install_crds(client)
+        await ensure_ns(client, c.DEFAULT_NAMESPACE)
+
+
+async def _lab_networks(kubeconfig: Path, count: int) -> None:
+    async with kube.KubeClient.from_config(str(kubeconfig)) as client:
+        for i in range(count):
+            await client.create(
+                kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS),
+                {
+                    "apiVersion": c.API_VERSION,
+                    "kind": c.OVERLAY_NETWORK,
+                    "metadata": {"name": f"scale-{i}"},
+                    "spec": {"cidr": f"198.19.{i * 8}.0/21"},
+                },
+            )
+
+
+async def _wait_agents(kubeconfig: Path, nodes: list[str]) -> None:
+    """Every agent's heartbeat Lease exists (it is up and talking to the API server)."""
+    url = kube.path("coordination.k8s.io", "v1", "leases", namespace=c.DEFAULT_NAMESPACE)
+    async with kube.KubeClient.from_config(str(kubeconfig)) as client:
+
+        async def all_up() -> bool:
+            items, _ = await client.list(url)
+            names = {str((i.get("metadata") or {}).get("name")) for i in items}
+            return all(f"{c.AGENT_LEASE_PREFIX}{n}" in names for n in nodes)
+
+        await kube.wait_for(all_up, timeout=300, interval=1, what="agent heartbeats")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
