@@ -5,7 +5,8 @@ Real: etcd + kube-apiserver, the operator, three simulated hosts with their own 
 voile-agent, kubectl, ping, nftables in the lab's fabric namespace. Faults are made where
 operators meet them: VXLAN dropped by an nftables bridge-family rule in the fabric (a rule inside
 a host's namespace would not see what the netdev datapath reads from its NIC), and a smaller MTU
-on one host's fabric link. Its own run id, directory and underlay octet (50).
+for tunnel packets to and from one host (also nftables in the fabric). Its own run id,
+directory and underlay octet (50).
 """
 
 from __future__ import annotations
@@ -258,10 +259,21 @@ def test_vxlan_dropped_between_two_hosts_names_exactly_that_pair(
 def test_a_smaller_underlay_mtu_fails_mtu_verified_while_small_pings_pass(
     lab: Lab, attached: dict[str, str]
 ) -> None:
-    link = f"vf{lab.fabric.id}h1"[:15]
+    # host-1's underlay path carries no tunnel packet above 1400 bytes (IP length), both ways:
+    # an MTU fault in the fabric. Made with nftables rather than the link's MTU: a bridge drops
+    # an oversized frame without ICMP, so a lower link MTU also black-holes host-1's API
+    # connection (its Lease responses are larger), and the operator would then see host-1's
+    # report go stale (DataPathHealthy Unknown, NoFreshReport) instead of four MTU pairs.
+    h1 = str(lab.host(1).address)
     fabric = lab.fabric.namespace
-    sh("ip", "-n", fabric, "link", "set", link, "mtu", "1400")
+    nft = ["ip", "netns", "exec", fabric, "nft"]
+    sh(*nft, "add", "table", "bridge", "vmtu")
     try:
+        sh(*nft, "add", "chain", "bridge", "vmtu", "small",
+           "{ type filter hook forward priority 0 ; }")  # fmt: skip
+        for side in ("saddr", "daddr"):
+            sh(*nft, "add", "rule", "bridge", "vmtu", "small", "ip", side, h1,
+               "udp", "dport", "4789", "ip", "length", "gt", "1400", "drop")  # fmt: skip
         took, net = wait_for(lab, NET_URL, is_status("MTUVerified", "False"), DEADLINE, "MTU")
         # Both directions of every pair with host-1; host-2 <-> host-3 is not named.
         ends = [
@@ -285,7 +297,7 @@ def test_a_smaller_underlay_mtu_fails_mtu_verified_while_small_pings_pass(
             ("host-2", "host-1"),
         }
     finally:
-        sh("ip", "-n", fabric, "link", "set", link, "mtu", "1500")
+        sh(*nft, "delete", "table", "bridge", "vmtu")
     back, _ = wait_for(lab, NET_URL, is_status("MTUVerified", "True"), DEADLINE, "MTU back")
     print(f"MTUVerified=False after {took:.1f} s, True again after {back:.1f} s")
 
@@ -321,6 +333,15 @@ def test_diagnose_gathers_objects_events_status_and_dumps(
     lab: Lab, attached: dict[str, str], tmp_path: Path
 ) -> None:
     out = tmp_path / "diag.tar.gz"
+    # An Event of the test's own, so that the archive's events are known to hold something.
+    marker = f"diagnose-{run_id()[:6]}"
+    kubectl(lab, "create", "-f", "-", input=(
+        "apiVersion: v1\nkind: Event\n"
+        f"metadata: {{name: {marker}, namespace: default}}\n"
+        "involvedObject: {kind: Endpoint, namespace: default, name: x1,"
+        f" apiVersion: {c.API_VERSION}}}\n"
+        f"reason: DiagnoseMarker\nmessage: {marker}\ntype: Normal\n"
+    ))  # fmt: skip
     sockets = [a for i in (1, 2, 3) for a in ("--agent-socket", str(lab.host(i).attach_socket))]
     done = kubectl_voile(lab, "diagnose", "-o", str(out), *sockets)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -335,7 +356,7 @@ def test_diagnose_gathers_objects_events_status_and_dumps(
         assert NET in text(f"objects/overlaynetworks.{c.GROUP}.json")
         assert c.ANNOTATION_PROBES in text("objects/leases.json")
         assert NET in text("status.txt") and "x1" in text("status.txt")
-        assert text("events.txt").strip()
+        assert marker in text("events.txt")
         for i in range(3):
             dump = text(f"agents/local-{i}/dump.json")
             assert "error" not in dump[:40], dump[:300]
