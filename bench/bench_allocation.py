@@ -27,6 +27,7 @@ from voile import kube
 from voile.api import constants as c
 from voile.controlplane import ControlPlane
 from voile.crds import install_crds
+from voile.lab.measure import create_networks
 
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR = REPO / ".venv" / "bin" / "voile-operator"
@@ -57,20 +58,7 @@ def endpoint_body(ns: str, name: str, net: str) -> dict[str, Any]:
 
 async def networks(client: kube.KubeClient, prefix: str) -> list[str]:
     """Three /22 networks (1022 addresses each: room for the largest allowed N)."""
-    names = []
-    for i in range(3):
-        name = f"{prefix}{i}"
-        await client.create(
-            kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS),
-            {
-                "apiVersion": c.API_VERSION,
-                "kind": c.OVERLAY_NETWORK,
-                "metadata": {"name": name},
-                "spec": {"cidr": f"198.18.{40 + i * 4}.0/22"},
-            },
-        )
-        names.append(name)
-    return names
+    return await create_networks(client, prefix, [f"198.18.{40 + i * 4}.0/22" for i in range(3)])
 
 
 async def run_operator_case(client: kube.KubeClient, count: int, timeout: float) -> list[float]:

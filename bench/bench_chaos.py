@@ -31,6 +31,7 @@ from voile import kube
 from voile.api import constants as c
 from voile.controlplane import ControlPlane
 from voile.crds import install_crds
+from voile.lab.measure import create_networks
 
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR = REPO / ".venv" / "bin" / "voile-operator"
@@ -110,20 +111,7 @@ async def ensure_ns(client: kube.KubeClient, name: str) -> None:
 
 
 async def make_networks(client: kube.KubeClient, prefix: str, third: int) -> list[str]:
-    names = []
-    for i in range(3):
-        name = f"{prefix}{i}"
-        await client.create(
-            kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS),
-            {
-                "apiVersion": c.API_VERSION,
-                "kind": c.OVERLAY_NETWORK,
-                "metadata": {"name": name},
-                "spec": {"cidr": f"198.{18 + i}.{third}.0/22"},
-            },
-        )
-        names.append(name)
-    return names
+    return await create_networks(client, prefix, [f"198.{18 + i}.{third}.0/22" for i in range(3)])
 
 
 def endpoint_body(ns: str, name: str, net: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from voile.lab import measure
 from voile.lab.host import add_netns, del_netns
 from voile.lab.lab import Lab
 from voile.lab.measure import percentile
@@ -41,18 +42,10 @@ def sh(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.Co
 
 def first_ping(netns: str, address: str, limit: float) -> float:
     """Seconds until the first echo reply (ping every 50 ms), or raise after ``limit``."""
-    start = time.monotonic()
-    while time.monotonic() - start < limit:
-        proc = subprocess.run(
-            ["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "0.2", "-q", address],
-            capture_output=True,
-            check=False,
-            timeout=5,
-        )
-        if proc.returncode == 0:
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise TimeoutError(f"no ping from {netns} to {address} within {limit}s")
+    took = measure.first_ping(netns, address, limit)
+    if took is None:
+        raise TimeoutError(f"no ping from {netns} to {address} within {limit}s")
+    return took
 
 
 def endpoint_yaml(name: str, node: str, netns: str) -> str:

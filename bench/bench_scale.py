@@ -47,7 +47,7 @@ from voile.controlplane import ControlPlane
 from voile.crds import install_crds
 from voile.lab.host import add_netns, del_netns
 from voile.lab.lab import Lab
-from voile.lab.measure import percentile
+from voile.lab.measure import first_ping, percentile
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
@@ -202,21 +202,6 @@ async def raw_baseline(client: kube.KubeClient, count: int) -> float:
     rate = count / (time.monotonic() - t0)
     await client.request("DELETE", url)  # deletecollection
     return rate
-
-
-def first_ping(netns: str, address: str, limit: float) -> float | None:
-    start = time.monotonic()
-    while time.monotonic() - start < limit:
-        proc = subprocess.run(
-            ["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "0.2", "-q", address],
-            capture_output=True,
-            check=False,
-            timeout=5,
-        )
-        if proc.returncode == 0:
-            return time.monotonic() - start
-        time.sleep(0.05)
-    return None
 
 
 def condition(obj: dict[str, Any], kind: str) -> str | None:

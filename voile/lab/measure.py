@@ -1,8 +1,14 @@
-"""What the benchmarks under bench/ share: a free underlay for their lab, and percentiles."""
+"""What the benchmarks under bench/ share: a free underlay for their lab, percentiles, the
+first ping through a new endpoint, and the OverlayNetworks a run allocates from."""
 
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Sequence
+
+from voile import kube
+from voile.api import constants as c
 
 
 def free_octet(first: int = 15) -> int:
@@ -21,3 +27,38 @@ def percentile(values: list[float], p: float) -> float:
     """The nearest-rank ``p``-th percentile (0-100) of ``values``, which must not be empty."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def first_ping(netns: str, address: str, limit: float) -> float | None:
+    """Seconds until the first echo reply from ``address`` (a ping every 50 ms), or None after
+    ``limit`` seconds."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        proc = subprocess.run(
+            ["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "0.2", "-q", address],
+            capture_output=True,
+            check=False,
+            timeout=5,
+        )
+        if proc.returncode == 0:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    return None
+
+
+async def create_networks(client: kube.KubeClient, prefix: str, cidrs: Sequence[str]) -> list[str]:
+    """One OverlayNetwork ``<prefix><i>`` per CIDR: their names."""
+    names = []
+    for i, cidr in enumerate(cidrs):
+        name = f"{prefix}{i}"
+        await client.create(
+            kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS),
+            {
+                "apiVersion": c.API_VERSION,
+                "kind": c.OVERLAY_NETWORK,
+                "metadata": {"name": name},
+                "spec": {"cidr": cidr},
+            },
+        )
+        names.append(name)
+    return names
