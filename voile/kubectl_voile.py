@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 GROUP = "voile.dev"
+STAGE_GRACE = 5.0  # seconds a trace waits, after its verdict, for the other node's stage
 SYSTEM_NAMESPACE = "voile-system"
 LEASE_PREFIX = "voile-agent-"
 HEARTBEAT_STALE = 60.0
@@ -284,11 +285,17 @@ def cmd_trace(k: Kubectl, args: argparse.Namespace) -> int:
     k.run("create", "-f", "-", input=json.dumps(body))
     try:
         deadline = time.monotonic() + args.timeout
+        # A verdict can come before the other node's stage (the source already shows the
+        # packet never goes there): give that stage a few seconds more, for the whole path.
+        nodes = 1 if eps[0]["spec"]["node"] == eps[1]["spec"]["node"] else 2
         trace: Obj | None = None
         while time.monotonic() < deadline:
             trace = k.get(f"traces.{GROUP}", name)
-            if trace and (trace.get("status") or {}).get("verdict"):
-                break
+            status = (trace or {}).get("status") or {}
+            if status.get("verdict"):
+                if len(status.get("stages") or ()) >= nodes:
+                    break
+                deadline = min(deadline, time.monotonic() + STAGE_GRACE)
             time.sleep(0.3)
         sys.stdout.write(render_trace(trace or body))
         verdict = ((trace or {}).get("status") or {}).get("verdict")

@@ -318,7 +318,14 @@ def test_trace_delivers_across_hosts_and_shows_the_isolation_drop(
     lab.attach("host-1", "ta1", "ta", "198.19.51.10")
     lab.attach("host-3", "ta2", "ta", "198.19.51.11")
     lab.attach("host-2", "tb2", "tb", "198.19.51.11")
-    other = kubectl_voile(lab, "trace", "default/ta1", "default/tb2")
+    # Remote hosts learn ta2 a moment after it is Ready: trace once host-1 tunnels to host-3.
+    deadline = time.monotonic() + 30
+    while True:
+        other = kubectl_voile(lab, "trace", "default/ta1", "default/tb2")
+        if "=> tunnel: to " + str(lab.host(3).address) in other.stdout:
+            break
+        assert time.monotonic() < deadline, other.stdout + other.stderr
+        time.sleep(0.5)
     assert other.returncode == 1, other.stdout + other.stderr
     assert "[destination] node host-2" in other.stdout
     # The rule is the backend's own: an OpenFlow table on OVS, the program's drop reason on eBPF.
