@@ -263,7 +263,7 @@ def test_a_smaller_underlay_mtu_fails_mtu_verified_while_small_pings_pass(
     # an MTU fault in the fabric. Made with nftables rather than the link's MTU: a bridge drops
     # an oversized frame without ICMP, so a lower link MTU also black-holes host-1's API
     # connection (its Lease responses are larger), and the operator would then see host-1's
-    # report go stale (DataPathHealthy Unknown, NoFreshReport) instead of four MTU pairs.
+    # report go stale (DataPathHealthy Unknown, NoReport) instead of four MTU pairs.
     h1 = str(lab.host(1).address)
     fabric = lab.fabric.namespace
     nft = ["ip", "netns", "exec", fabric, "nft"]
