@@ -100,8 +100,15 @@ class Pinger:
 
     @property
     def lost(self) -> int:
-        sent, received = self._stats()
-        return sent - received
+        """Echo requests without a reply, not counting the last ones still in flight when ping
+        was stopped (SIGINT counts them as lost): a tail of more than a second is an outage and
+        counts whole."""
+        sent, _ = self._stats()
+        seqs = {int(n) for n in re.findall(r"bytes from .* icmp_seq=(\d+)", self.out)}
+        last = max(seqs, default=0)
+        missing = sum(1 for n in range(1, last + 1) if n not in seqs)
+        tail = sent - last
+        return missing + (tail if tail * INTERVAL > 1.0 else 0)
 
     @property
     def longest_gap(self) -> float:
