@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tests.conftest import venv_bin
 from voile import kube
 from voile.lab.lab import Lab
 
@@ -40,3 +41,16 @@ def api(lab: Lab, fn: Callable[[kube.KubeClient], Awaitable[Any]]) -> Any:
             return await fn(client)
 
     return asyncio.run(go())
+
+
+def kubectl_voile(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    """`kubectl voile ARGS` against the lab, as a user runs it (never raises on exit codes)."""
+    env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig)}
+    return subprocess.run(
+        [venv_bin("kubectl-voile"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

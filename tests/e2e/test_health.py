@@ -22,13 +22,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import venv_bin
 from voile import kube
 from voile.api import constants as c
 from voile.lab.host import run_id, sh
 from voile.lab.lab import Lab
 
-from .labtools import kubectl
+from .labtools import kubectl, kubectl_voile
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -48,18 +47,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lab.down()
     leftovers = [p.name for p in Path("/run/netns").glob(f"voile-{lab.run_id}*")]
     assert leftovers == [], f"lab down left namespaces: {leftovers}"
-
-
-def kubectl_voile(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig)}
-    return subprocess.run(
-        [venv_bin("kubectl-voile"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def network(lab: Lab, name: str, cidr: str) -> None:

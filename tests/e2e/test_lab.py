@@ -21,6 +21,8 @@ from tests.conftest import venv_bin
 from voile.lab.host import add_netns, del_netns
 from voile.lab.lab import Lab
 
+from .labtools import kubectl_voile
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -47,18 +49,6 @@ def kubectl(lab: Lab, *args: str, check: bool = True) -> subprocess.CompletedPro
     if check and proc.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)}: {proc.stderr}")
     return proc
-
-
-def kubectl_voile(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KUBECONFIG": str(lab.kubeconfig)}
-    return subprocess.run(
-        [venv_bin("kubectl-voile"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def in_ns(netns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
