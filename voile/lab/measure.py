@@ -1,8 +1,10 @@
-"""What the benchmarks under bench/ share: a free underlay for their lab, percentiles, the
-first ping through a new endpoint, and the OverlayNetworks a run allocates from."""
+"""What the benchmarks under bench/ and the fault tests share: a free underlay for their lab,
+percentiles, the first ping through a new endpoint, the replies of a ``ping -D`` and the
+OverlayNetworks a run allocates from."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Sequence
@@ -27,6 +29,12 @@ def percentile(values: list[float], p: float) -> float:
     """The nearest-rank ``p``-th percentile (0-100) of ``values``, which must not be empty."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def ping_replies(output: str) -> dict[int, float]:
+    """icmp_seq -> the time its reply arrived (ping's own ``-D`` timestamp) in ping's output."""
+    found = re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)", output, re.M)
+    return {int(seq): float(stamp) for stamp, seq in found}
 
 
 def first_ping(netns: str, address: str, limit: float) -> float | None:
