@@ -167,6 +167,16 @@ def plumbing_events(lab: Lab) -> int:
     return total
 
 
+def agent_log_count(lab: Lab, text: str) -> int:
+    """Lines of every agent's log that contain ``text``."""
+    logs = Path(lab.directory, "fabric").glob("host-*/agent.log")
+    return sum(log.read_text(errors="replace").count(text) for log in logs)
+
+
+def operator_log_count(lab: Lab, text: str = "node lost node=") -> int:
+    return Path(lab.directory, "operator.log").read_text(errors="replace").count(text)
+
+
 def voile_flows(lab: Lab, index: int) -> set[str]:
     out = lab.host(index).ofctl(
         "dump-flows", "br-voile", "--no-stats", "cookie=0x5601000000000000/0xffff000000000000"
@@ -232,14 +242,25 @@ def test_apiserver_paused_then_restarted_and_etcd_restarted_lose_nothing(lab: La
     plumbed = plumbing_events(lab)
     addresses = {name: address(lab, name) for name in ("f1", "f2", "f3")}
     events = len(kubectl(lab, "get", "events", "-A", "-o", "name").split())
+    lists, lost_verdicts = agent_log_count(lab, "listed informer="), operator_log_count(lab)
     with pinging(lab, "f1", dst) as pinger:
         time.sleep(1)
         faults.pause(lab, "controlplane", "apiserver")
         time.sleep(60)
+        faults.resume(lab, "controlplane", "apiserver")
+        time.sleep(5)  # the agents' watches go on (or resume) from where they were
+        lists_after_pause = agent_log_count(lab, "listed informer=")
         faults.restart(lab, "controlplane", "apiserver", sig=signal.SIGTERM)
         faults.restart(lab, "controlplane", "etcd", sig=signal.SIGTERM)
-    print(f"apiserver pause + etcd restart: {pinger.lost} of {pinger.count} lost")
+    print(
+        f"apiserver pause + etcd restart: {pinger.lost} of {pinger.count} lost; agents' lists "
+        f"during the pause {lists_after_pause - lists}, after the restarts "
+        f"{agent_log_count(lab, 'listed informer=') - lists_after_pause}, watches resumed "
+        f"{agent_log_count(lab, 'watch resuming')}"
+    )
     assert pinger.lost == 0
+    assert lists_after_pause == lists, "an agent listed again after the pause"
+    assert operator_log_count(lab) == lost_verdicts, "the outage made a node look lost"
     assert plumbing_events(lab) == plumbed, "an Endpoint was plumbed again"
     assert {name: address(lab, name) for name in addresses} == addresses
     storm = len(kubectl(lab, "get", "events", "-A", "-o", "name").split()) - events
