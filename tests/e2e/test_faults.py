@@ -28,6 +28,7 @@ from tests import fuzzing
 from tests.catalogue import network
 from tests.e2e.labtools import kubectl
 from voile.lab import cni, faults
+from voile.lab.host import del_netns
 from voile.lab.lab import Lab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
@@ -296,8 +297,10 @@ def _wait(what: str, predicate: Callable[[], bool], *, timeout: float) -> float:
 def test_host_recreated_peers_stop_sending_and_its_endpoints_recover(lab: Lab) -> None:
     """host-3 'reboots': its namespace, OVS and agent destroyed, then made again. While it is
     gone the operator finds it lost (its Lease stands still for its 12 s) and hosts 1 and 2
-    stop sending to its VTEP; back, its Endpoint is plumbed again and answers; the traffic
-    between the other hosts loses nothing."""
+    stop sending to its VTEP; back, its Endpoint is plumbed again and answers, and one whose
+    workload's namespace went with the host says why; the traffic between the other hosts loses
+    nothing."""
+    lab.attach("host-3", "f5", NETWORK)
     vtep = kubectl(lab, "get", "vep", "f3", "-o", "jsonpath={.status.vtep}")
     between, towards = address(lab, "f2"), address(lab, "f3")
     assert _forwarding_to(lab, vtep) == [1, 2]
@@ -313,6 +316,7 @@ def test_host_recreated_peers_stop_sending_and_its_endpoints_recover(lab: Lab) -
             timeout=40,
         )
         reason = ready_reason(lab, "f3")
+        del_netns(lab.container_netns("f5"))  # this workload did not survive the reboot
         time.sleep(2)
         started = time.monotonic()
         lab.up(hosts=3)
@@ -323,6 +327,8 @@ def test_host_recreated_peers_stop_sending_and_its_endpoints_recover(lab: Lab) -
             timeout=30,
         )
         assert _forwarding_to(lab, vtep) == [1, 2]
+        wait_reason(lab, "f5", "NamespaceNotFound", timeout=30)
+    lab.detach("f5")
     print(
         f"host re-created: peers stopped sending {stopped:.1f}s after it went; "
         f"f3 Ready {ready:.1f}s after `lab up`, answering {answering:.1f}s later; "

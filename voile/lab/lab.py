@@ -445,8 +445,11 @@ class Lab:
     # -- hosts ---------------------------------------------------------------------------------
 
     def remove_host(self, name: str) -> None:
-        """Stop a host's agent and daemons and remove its namespace (the host 'dies')."""
+        """Stop a host's agent and daemons and remove its namespace (the host 'dies'); its
+        Endpoints stay in the API. ``up`` makes it again."""
         state = self._state()
+        if name not in state["hosts"]:
+            raise LabError(f"no host {name} in this lab")
         self.stop_process(f"agent/{name}", sig=signal.SIGKILL)
         if state.get("nodes"):
             self.node(int(name.split("-")[1])).stop()
