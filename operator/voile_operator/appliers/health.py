@@ -20,6 +20,8 @@ import asyncio
 import logging
 import time
 
+import aiohttp
+
 from voile import clock, kube
 from voile.api import constants as c
 from voile_operator import metrics
@@ -29,7 +31,9 @@ from voile_operator.planning import status as status_plan
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT = (kube.ApiError, OSError, TimeoutError)
+# A server that closed the connection (aiohttp's ServerDisconnectedError is no OSError) must not
+# end the loop: it also judges lost nodes.
+_TRANSIENT = (kube.ApiError, kube.Unreachable, aiohttp.ClientError, OSError, TimeoutError)
 
 
 class HealthMonitor:
