@@ -57,6 +57,9 @@ def _lab(args: argparse.Namespace) -> int:
         print(address)
     elif args.action == "detach":
         lab.detach(args.name)
+    elif args.action == "remove-host":
+        lab.remove_host(args.host)
+        print(f"{args.host}: removed; `voile lab up` makes it again", file=sys.stderr)
     elif args.action == "exec":
         argv = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else args.argv
         if not argv:
@@ -174,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("host")
     conf.add_argument("network")
     lab_sub.add_parser("cni-path", help="print the directory holding the voile CNI plugin")
+    rm = lab_sub.add_parser(
+        "remove-host",
+        help="the host dies: its agent, OVS daemons and namespace destroyed (its Endpoints "
+        "stay); `voile lab up --hosts N` makes it again",
+    )
+    rm.add_argument("host")
     cri = lab_sub.add_parser("crictl", help="crictl against HOST's containerd (lab up --nodes)")
     cri.add_argument("host")
     cri.add_argument("argv", nargs=argparse.REMAINDER)

@@ -6,7 +6,10 @@ ServiceAccount token), then talk HTTP with aiohttp: get, list (paginated, consis
 patch (merge, JSON, server-side apply), delete with preconditions, and watch with bookmarks.
 
 Errors map onto one small tree (``ApiError`` and its subclasses by HTTP status) so that callers
-can treat 404 on delete and 409 on create as the idempotent no-ops they usually are.
+can treat 404 on delete and 409 on create as the idempotent no-ops they usually are. A watch whose
+connection fails (refused, reset, cut mid-stream, timed out) raises ``Unreachable``: the server
+said nothing about the resourceVersion, so the watch may resume from it; only ``Gone`` (410)
+calls for a list.
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ class Gone(ApiError):
 
 class Invalid(ApiError):
     """422: the object breaks the schema or a CEL rule."""
+
+
+class Unreachable(VoileError):
+    """The connection to the API server failed (refused, reset, cut mid-stream, timed out): no
+    answer at all, so nothing is known about the server's state."""
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {404: NotFound, 409: Conflict, 410: Gone, 422: Invalid}
@@ -275,23 +283,26 @@ class KubeClient:
             params["labelSelector"] = label_selector
         if field_selector:
             params["fieldSelector"] = field_selector
-        async with self._session.get(
-            self.server + url_path,
-            params=params,
-            timeout=aiohttp.ClientTimeout(
-                total=timeout_seconds + 30, sock_read=timeout_seconds + 30
-            ),
-        ) as resp:
-            if resp.status >= 400:
-                raise _error(resp.status, await resp.text())
-            async for line in resp.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                kind, obj = event.get("type", ""), event.get("object") or {}
-                if kind == "ERROR":
-                    raise _error(int(obj.get("code", 500)), json.dumps(obj))
-                yield kind, obj
+        try:
+            async with self._session.get(
+                self.server + url_path,
+                params=params,
+                timeout=aiohttp.ClientTimeout(
+                    total=timeout_seconds + 30, sock_read=timeout_seconds + 30
+                ),
+            ) as resp:
+                if resp.status >= 400:
+                    raise _error(resp.status, await resp.text())
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind, obj = event.get("type", ""), event.get("object") or {}
+                    if kind == "ERROR":
+                        raise _error(int(obj.get("code", 500)), json.dumps(obj))
+                    yield kind, obj
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise Unreachable(f"watch {url_path}: {type(exc).__name__}: {exc}") from exc
 
 
 def _error(status: int, text: str) -> ApiError:
@@ -326,6 +337,7 @@ __all__ = [
     "Invalid",
     "KubeClient",
     "NotFound",
+    "Unreachable",
     "path",
     "wait_for",
 ]

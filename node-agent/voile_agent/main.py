@@ -146,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat-interval", type=float, default=float(_env("heartbeat-interval") or 10)
     )
     run.add_argument(
+        "--lease-duration",
+        type=int,
+        default=int(_env("lease-duration") or 40),
+        help="the heartbeat Lease's leaseDurationSeconds: the operator finds the node lost "
+        "(its Endpoints NodeLost, peers stop forwarding to it) when the Lease has not been "
+        "renewed for this long; several heartbeat intervals",
+    )
+    run.add_argument(
         "--probe-interval",
         type=float,
         default=float(_env("probe-interval") or 2),
@@ -270,6 +278,7 @@ async def _run(args: argparse.Namespace) -> int:
         resync_period=args.resync_period,
         namespace=args.namespace,
         heartbeat_interval=args.heartbeat_interval,
+        lease_duration=args.lease_duration,
         probe_interval=args.probe_interval,
         watchdog_interval=args.watchdog_interval,
     )

@@ -61,3 +61,9 @@ DATAPATH_FAULTS = Counter(
     "Datapath faults the watchdog saw begin (DatapathUnavailable, DatapathRestarted, ...).",
     ["reason"],
 )
+WATCH_RESTARTS = Counter(
+    "voile_agent_watch_restarts_total",
+    "Lists of the agent's watches (how=list: the first, and after a 410 Gone or a refusal) and "
+    "watches resumed from their last resourceVersion after a connection failure (how=resume).",
+    ["how"],
+)

@@ -46,3 +46,8 @@ BROKEN_PAIRS = Gauge(
     "Node pairs of a network whose data-path probes fail (unreachable, one-way or MTU).",
     ["network"],
 )
+NODES_LOST = Gauge(
+    "voile_operator_nodes_lost",
+    "Nodes whose agent has not renewed its heartbeat Lease for its duration (their Endpoints "
+    "show Ready=Unknown NodeLost and the other nodes do not forward to them).",
+)

@@ -4,7 +4,7 @@ Real: etcd + kube-apiserver, the operator (supervised), per simulated host an ov
 ovs-vswitchd (netdev, supervised as systemd would: restarted when they exit) and a voile-agent.
 The faults are the ones a user injects with `voile lab restart|pause|resume`
 (voile/lab/faults.py), and fuzzed requests at the agent's doors (tests/fuzzing.py). The agent
-SIGKILL fault and the host re-creation are in test_lab.py; operator chaos in bench/bench_chaos.py.
+SIGKILL fault is in test_lab.py; operator chaos in bench/bench_chaos.py.
 docs/faults.md has the table and the measured figures.
 """
 
@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ from tests import fuzzing
 from tests.catalogue import network
 from tests.e2e.labtools import kubectl
 from voile.lab import cni, faults
+from voile.lab.host import del_netns
 from voile.lab.lab import Lab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
@@ -167,6 +168,16 @@ def plumbing_events(lab: Lab) -> int:
     return total
 
 
+def agent_log_count(lab: Lab, text: str) -> int:
+    """Lines of every agent's log that contain ``text``."""
+    logs = Path(lab.directory, "fabric").glob("host-*/agent.log")
+    return sum(log.read_text(errors="replace").count(text) for log in logs)
+
+
+def operator_log_count(lab: Lab, text: str = "node lost node=") -> int:
+    return Path(lab.directory, "operator.log").read_text(errors="replace").count(text)
+
+
 def voile_flows(lab: Lab, index: int) -> set[str]:
     out = lab.host(index).ofctl(
         "dump-flows", "br-voile", "--no-stats", "cookie=0x5601000000000000/0xffff000000000000"
@@ -232,14 +243,25 @@ def test_apiserver_paused_then_restarted_and_etcd_restarted_lose_nothing(lab: La
     plumbed = plumbing_events(lab)
     addresses = {name: address(lab, name) for name in ("f1", "f2", "f3")}
     events = len(kubectl(lab, "get", "events", "-A", "-o", "name").split())
+    lists, lost_verdicts = agent_log_count(lab, "listed informer="), operator_log_count(lab)
     with pinging(lab, "f1", dst) as pinger:
         time.sleep(1)
         faults.pause(lab, "controlplane", "apiserver")
         time.sleep(60)
+        faults.resume(lab, "controlplane", "apiserver")
+        time.sleep(5)  # the agents' watches go on (or resume) from where they were
+        lists_after_pause = agent_log_count(lab, "listed informer=")
         faults.restart(lab, "controlplane", "apiserver", sig=signal.SIGTERM)
         faults.restart(lab, "controlplane", "etcd", sig=signal.SIGTERM)
-    print(f"apiserver pause + etcd restart: {pinger.lost} of {pinger.count} lost")
+    print(
+        f"apiserver pause + etcd restart: {pinger.lost} of {pinger.count} lost; agents' lists "
+        f"during the pause {lists_after_pause - lists}, after the restarts "
+        f"{agent_log_count(lab, 'listed informer=') - lists_after_pause}, watches resumed "
+        f"{agent_log_count(lab, 'watch resuming')}"
+    )
     assert pinger.lost == 0
+    assert lists_after_pause == lists, "an agent listed again after the pause"
+    assert operator_log_count(lab) == lost_verdicts, "the outage made a node look lost"
     assert plumbing_events(lab) == plumbed, "an Endpoint was plumbed again"
     assert {name: address(lab, name) for name in addresses} == addresses
     storm = len(kubectl(lab, "get", "events", "-A", "-o", "name").split()) - events
@@ -256,6 +278,72 @@ def test_apiserver_paused_then_restarted_and_etcd_restarted_lose_nothing(lab: La
         == 0
     )
     lab.detach("f4")
+
+
+def _forwarding_to(lab: Lab, vtep: str) -> list[int]:
+    """The hosts (of 1 and 2) with a flow that sends to ``vtep`` (unicast or flood)."""
+    return [i for i in (1, 2) if any(f"{vtep}->tun_dst" in f for f in voile_flows(lab, i))]
+
+
+def _wait(what: str, predicate: Callable[[], bool], *, timeout: float) -> float:
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def test_host_recreated_peers_stop_sending_and_its_endpoints_recover(lab: Lab) -> None:
+    """host-3 'reboots': its namespace, OVS and agent destroyed, then made again. While it is
+    gone the operator finds it lost (its Lease stands still for its 12 s) and hosts 1 and 2
+    stop sending to its VTEP; back, its Endpoint is plumbed again and answers, and one whose
+    workload's namespace went with the host says why; the traffic between the other hosts loses
+    nothing."""
+    lab.attach("host-3", "f5", NETWORK)
+    vtep = kubectl(lab, "get", "vep", "f3", "-o", "jsonpath={.status.vtep}")
+    between, towards = address(lab, "f2"), address(lab, "f3")
+    assert _forwarding_to(lab, vtep) == [1, 2]
+    with (
+        pinging(lab, "f1", between) as others,
+        pinging(lab, "f2", towards) as gone,
+    ):
+        time.sleep(1)
+        lab.remove_host("host-3")
+        stopped = _wait(
+            "hosts 1 and 2 stop sending to host-3",
+            lambda: _forwarding_to(lab, vtep) == [],
+            timeout=40,
+        )
+        reason = ready_reason(lab, "f3")
+        del_netns(lab.container_netns("f5"))  # this workload did not survive the reboot
+        time.sleep(2)
+        started = time.monotonic()
+        lab.up(hosts=3)
+        ready = wait_reason(lab, "f3", "Ready", timeout=60) + time.monotonic() - started
+        answering = _wait(
+            "f2 reaches f3 again",
+            lambda: ping_once(lab, "f2", towards),
+            timeout=30,
+        )
+        assert _forwarding_to(lab, vtep) == [1, 2]
+        wait_reason(lab, "f5", "NamespaceNotFound", timeout=30)
+    lab.detach("f5")
+    print(
+        f"host re-created: peers stopped sending {stopped:.1f}s after it went; "
+        f"f3 Ready {ready:.1f}s after `lab up`, answering {answering:.1f}s later; "
+        f"lost between the others {others.lost}/{others.count}, "
+        f"towards it {gone.lost}/{gone.count}"
+    )
+    assert reason == "NodeLost"
+    assert others.lost == 0
+    assert stopped <= 25  # its Lease's 12 s + one heartbeat + one health round + a pass
+
+
+def ping_once(lab: Lab, source: str, address: str) -> bool:
+    argv = ["ping", "-c", "1", "-W", "1", address]
+    cmd = ["ip", "netns", "exec", lab.container_netns(source), *argv]
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
 
 
 def test_fuzzed_requests_at_every_door_crash_nothing_and_leave_nothing(lab: Lab) -> None:

@@ -240,6 +240,47 @@ async def test_remote_endpoints_appear_and_go(host: Host) -> None:
     assert entries(host.dp.plan)["flood"] == ["198.18.0.2"] and result.flows_deleted > 0
 
 
+def node_lost(obj: dict[str, Any]) -> dict[str, Any]:
+    """The operator's verdict on an Endpoint whose node's Lease stood still."""
+    lost = {"type": "Ready", "status": "Unknown", "reason": "NodeLost", "message": "lost"}
+    status = obj.setdefault("status", {})
+    status["conditions"] = [x for x in status.get("conditions", []) if x["type"] != "Ready"]
+    status["conditions"].append(lost)
+    return obj
+
+
+async def test_a_lost_nodes_endpoints_leave_forwarding_and_come_back(host: Host) -> None:
+    host.api.put(raw("web", ip="198.19.1.2"))
+    host.api.put(raw("db", node="host-2", ip="198.19.1.3", vtep="198.18.0.2"))
+    host.api.put(raw("cache", node="host-3", ip="198.19.1.4", vtep="198.18.0.3"))
+    await host.agent.run_pass(verify=False)
+    await host.agent.run_pass(verify=False)
+    node_lost(host.api.objects["cache"])
+    result = await host.agent.run_pass(verify=False)
+    assert entries(host.dp.plan) == {
+        "local": ["web"],
+        "remote": ["uid-db"],
+        "flood": ["198.18.0.2"],
+    }
+    assert result.flows_deleted > 0
+    host.api.put(raw("cache", node="host-3", ip="198.19.1.4", vtep="198.18.0.3"))  # back
+    await host.agent.run_pass(verify=False)
+    assert entries(host.dp.plan)["flood"] == ["198.18.0.2", "198.18.0.3"]
+
+
+async def test_our_own_endpoint_found_lost_is_reported_ready_again_at_once(host: Host) -> None:
+    """The verdict on a live agent (its Lease went unheard) is answered by the next pass, even
+    though the same Ready was written moments ago (the write cache would skip it)."""
+    host.api.put(raw("web", ip="198.19.1.2"))
+    await host.agent.run_pass(verify=False)
+    assert host.api.ready("web").reason == "Ready"  # type: ignore[union-attr]
+    node_lost(host.api.objects["web"])
+    host.api.writes.clear()
+    await host.agent.run_pass(verify=False)
+    assert host.api.writes == [("status Ready", "web")]
+    assert host.api.ready("web").reason == "Ready"  # type: ignore[union-attr]
+
+
 async def test_a_partial_remote_view_removes_nothing(host: Host) -> None:
     host.api.put(raw("web", ip="198.19.1.2"))
     host.api.put(raw("db", node="host-2", ip="198.19.1.3", vtep="198.18.0.2"))

@@ -21,6 +21,7 @@ from voile_agent.datapath.ovs.model import (
 )
 from voile_agent.planning import state
 from voile_agent.planning.model import Attachment, Segment
+from voile_agent.planning.plan import host_plan
 
 NET = Segment(
     network="blue",
@@ -29,6 +30,20 @@ NET = Segment(
     cidr=ipaddress.IPv4Network("198.19.0.0/24"),
     gateway=ipaddress.IPv4Address("198.19.0.1"),
 )
+
+
+# The operator's verdict on an Endpoint whose node's Lease stood still (planning.nodes).
+LOST = {
+    "conditions": [
+        {
+            "type": "Ready",
+            "status": "Unknown",
+            "reason": "NodeLost",
+            "message": "node host-2 lost",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }
+    ]
+}
 
 
 def raw_endpoint(
@@ -157,8 +172,9 @@ def test_an_endpoint_that_breaks_the_schema_is_not_parsed() -> None:
         (endpoint(node="host-1", status={**ALLOCATED, "vtep": "198.18.0.1"}), False),  # ours
         (endpoint(node="host-2", status={**ALLOCATED, "vtep": "198.18.0.2"}, deleting=True), False),
         (endpoint(node="host-2", status={**ALLOCATED, "vtep": "garbage"}), False),
+        (endpoint(node="host-2", status={**ALLOCATED, "vtep": "198.18.0.2", **LOST}), False),
     ],
-    ids=["ready", "no-vtep", "local", "deleting", "bad-vtep"],
+    ids=["ready", "no-vtep", "local", "deleting", "bad-vtep", "node-lost"],
 )
 def test_remote_endpoints_need_ip_mac_vtep_and_life(obj: Endpoint, usable: bool) -> None:
     r = state.remote_endpoint(obj, {}, node="host-1")
@@ -273,3 +289,22 @@ def test_status_is_current_only_when_vtep_and_condition_match() -> None:
     assert not state.status_is_current(
         ep, vtep="198.18.0.1", cond=state.ready(c.Reason.READY.value, "plumbed", 2)
     )
+
+
+def test_a_lost_node_leaves_the_flood_list_unless_another_of_its_endpoints_lives() -> None:
+    """No unicast entry to an endpoint of a lost node, and its VTEP leaves the flood list."""
+    seg = {"blue": NET}
+    local = attachment(status=ALLOCATED)
+    alive = endpoint(name="e2", uid="uid-2", node="host-2",
+                     status={**ALLOCATED, "ip": "198.19.0.6", "mac": "0a:58:c6:13:00:06",
+                             "vtep": "198.18.0.2"})  # fmt: skip
+    lost = endpoint(name="e3", uid="uid-3", node="host-3",
+                    status={**ALLOCATED, "ip": "198.19.0.7", "mac": "0a:58:c6:13:00:07",
+                            "vtep": "198.18.0.3", **LOST})  # fmt: skip
+    assert state.node_lost(lost) and not state.node_lost(alive)
+    remotes = [r for ep in (alive, lost) if (r := state.remote_endpoint(ep, seg, node="host-1"))]
+    plan = host_plan(vtep=ipaddress.IPv4Address("198.18.0.1"), segments=seg, local=[local],
+                     remote=remotes)  # fmt: skip
+    (segment,) = plan.segments
+    assert [r.uid for r in segment.remote] == ["uid-2"]
+    assert segment.flood == (ipaddress.IPv4Address("198.18.0.2"),)

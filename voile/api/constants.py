@@ -106,3 +106,4 @@ class Reason(str, enum.Enum):
     AGENT_GONE = "AgentGone"
     DATAPATH_UNAVAILABLE = "DatapathUnavailable"
     DATAPATH_RESTARTED = "DatapathRestarted"
+    NODE_LOST = "NodeLost"  # the node's agent stopped renewing its Lease (operator's verdict)

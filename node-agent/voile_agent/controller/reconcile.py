@@ -352,7 +352,9 @@ class Reconciler:
             shown_vtep = vtep if found.reason == c.Reason.READY.value else None
             if state.status_is_current(ep, vtep=shown_vtep, cond=cond):
                 return
-            if self._recently(ep, shown_vtep, cond):
+            # The operator's NodeLost verdict (our Lease stood still, e.g. the API server did
+            # not hear us) is answered at once: peers do not forward to us until we do.
+            if self._recently(ep, shown_vtep, cond) and not state.node_lost(ep):
                 return
             try:
                 await self.writer.write_status(ep, vtep=shown_vtep, cond=cond)

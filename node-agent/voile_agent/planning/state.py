@@ -118,12 +118,21 @@ def attachment(ep: Endpoint, segs: Mapping[str, Segment]) -> Attachment | Waitin
     )
 
 
+def node_lost(ep: Endpoint) -> bool:
+    """Whether the operator found the Endpoint's node lost (its agent's Lease stood still):
+    ``Ready`` with reason ``NodeLost``, until that node's agent reports again."""
+    ready = ep.status.condition(c.ConditionType.READY)
+    return ready is not None and ready.reason == c.Reason.NODE_LOST.value
+
+
 def remote_endpoint(
     ep: Endpoint, segs: Mapping[str, Segment], *, node: str
 ) -> RemoteEndpoint | None:
     """An endpoint of another host that forwarding can use: it has an address, a MAC, a VTEP,
-    a VNI, and is not being deleted. Anything else is not (yet) reachable."""
-    if ep.deleting or ep.spec.node == node:
+    a VNI, is not being deleted and its node is not lost. Anything else is not (yet, or no
+    longer) reachable: no unicast entry to it, and its VTEP leaves the flood list unless
+    another live endpoint keeps it there."""
+    if ep.deleting or ep.spec.node == node or node_lost(ep):
         return None
     st = ep.status
     seg = segs.get(ep.spec.network)

@@ -6,22 +6,34 @@ apply under its own field manager (``voile-operator-health``), so it owns exactl
 ``status.health`` and the ``DataPathHealthy`` / ``MTUVerified`` conditions and never touches the
 entries of the reconciler (``voile-operator``) or the agent. A failed list skips the round: no
 status is written from a partial view.
+
+The same Lease list feeds the lost-node verdict (``planning.nodes``): each Lease's last change is
+timed on this process's monotonic clock, only over healthy lists, and every live Endpoint of a
+node whose Lease stood still longer than its duration gets ``Ready=Unknown NodeLost``, applied
+under ``voile-operator-nodelost`` with the Endpoint's resourceVersion as precondition (the agent
+owns Ready; when it reports again it takes the entry back).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+
+import aiohttp
 
 from voile import clock, kube
 from voile.api import constants as c
 from voile_operator import metrics
 from voile_operator.planning import health as plan
+from voile_operator.planning import nodes as nodes_plan
 from voile_operator.planning import status as status_plan
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT = (kube.ApiError, OSError, TimeoutError)
+# A server that closed the connection (aiohttp's ServerDisconnectedError is no OSError) must not
+# end the loop: it also judges lost nodes.
+_TRANSIENT = (kube.ApiError, kube.Unreachable, aiohttp.ClientError, OSError, TimeoutError)
 
 
 class HealthMonitor:
@@ -38,6 +50,10 @@ class HealthMonitor:
         self.interval = interval
         self.max_age = max_age
         self._gauged: set[str] = set()
+        self._leases = nodes_plan.LeaseView()
+        # Lists further apart than this are not one healthy run: the Leases get a fresh
+        # duration from the next list (the API server was out of reach, or we were).
+        self.max_gap = max(10.0, 5 * interval)
 
     async def run(self) -> None:
         while True:
@@ -52,8 +68,11 @@ class HealthMonitor:
         leases, _ = await self.client.list(
             kube.path("coordination.k8s.io", "v1", "leases", namespace=self.namespace)
         )
+        seen_at = time.monotonic()
+        self._leases = nodes_plan.observe(self._leases, leases, now=seen_at, max_gap=self.max_gap)
         networks, _ = await self.client.list(kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS))
         endpoints, _ = await self.client.list(kube.path(c.GROUP, c.VERSION, c.ENDPOINTS))
+        written = await self._mark_lost(endpoints, seen_at)
         decided = plan.plan_round(
             networks=networks,
             endpoints=endpoints,
@@ -68,7 +87,40 @@ class HealthMonitor:
         self._gauged = set(decided.broken)
         for write in decided.writes:
             await self._apply(write)
-        return len(decided.writes)
+        return len(decided.writes) + written
+
+    async def _mark_lost(self, endpoints: list[kube.Obj], seen_at: float) -> int:
+        """``Ready=Unknown NodeLost`` on the Endpoints of lost nodes; the writes made."""
+        lost = nodes_plan.lost(self._leases, now=seen_at)
+        metrics.NODES_LOST.set(len(lost))
+        writes = nodes_plan.node_lost_writes(
+            endpoints, self._leases, now=seen_at, stamp=clock.now_rfc3339()
+        )
+        done = 0
+        for write in writes:
+            url = kube.path(
+                c.GROUP,
+                c.VERSION,
+                c.ENDPOINTS,
+                namespace=write.namespace,
+                name=write.name,
+                subresource="status",
+            )
+            try:
+                await self.client.patch(
+                    url, write.document, kind="apply", field_manager=nodes_plan.FIELD_MANAGER
+                )
+            except (kube.NotFound, kube.Conflict):
+                continue  # deleted, or its agent (or anyone) wrote it meanwhile: next round
+            done += 1
+            log.info(
+                "node lost node=%s endpoint=%s/%s %s",
+                write.node,
+                write.namespace,
+                write.name,
+                write.condition.message,
+            )
+        return done
 
     async def _apply(self, write: plan.StatusWrite) -> None:
         resource = c.OVERLAY_NETWORKS if write.kind == c.OVERLAY_NETWORK else c.ENDPOINTS
