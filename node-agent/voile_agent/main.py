@@ -22,6 +22,7 @@ from voile import kube, logs
 from voile.agentapi import AgentClient
 from voile.api import constants as c
 from voile.errors import VoileError
+from voile.metrics_http import MetricsServer
 from voile_agent import __version__
 from voile_agent.controller.agent import Agent, AgentSettings
 from voile_agent.controller.source import AgentSource, Pulse
@@ -276,9 +277,9 @@ async def _run(args: argparse.Namespace) -> int:
     if not args.vtep_ip and not args.vtep_interface:
         raise VoileError("give --vtep-ip or --vtep-interface")
     datapath = build_datapath(args)
-    if args.metrics_port:
-        prometheus_client.start_http_server(args.metrics_port)
-        log.info("metrics served port=%s", args.metrics_port)
+    metrics = MetricsServer(args.metrics_port).start() if args.metrics_port else None
+    if metrics is not None:
+        log.info("metrics served port=%s", metrics.port)
     client = kube.KubeClient.from_config(args.kubeconfig, field_manager=FIELD_MANAGER)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -329,6 +330,8 @@ async def _run(args: argparse.Namespace) -> int:
             await server.stop()
         await datapath.close()
         await client.close()
+        if metrics is not None:
+            metrics.close()
     return 0
 
 

@@ -49,6 +49,9 @@ ATTACH_NAMESPACE = "default"
 # The network of a Pod without the annotation voile.dev/network: the first example's.
 DEFAULT_POD_NETWORK = "blue"
 NODE_CNI_NETWORK = "voile"  # the conflist's name (libcni keys its cache by it)
+# Each host's agent serves its metrics on this port of the host's namespace (the chart's
+# metrics.agentPort).
+AGENT_METRICS_PORT = 9782
 
 
 def lab_dir() -> Path:
@@ -371,6 +374,7 @@ class Lab:
             self.kubeconfig,
             "--namespace", c.DEFAULT_NAMESPACE,
             "--resync-period", "30",
+            "--metrics-port", str(AGENT_METRICS_PORT),
             *extra,
             mount_namespace=mount_namespace,
         )  # fmt: skip
