@@ -29,6 +29,7 @@ from tests import fuzzing
 from voile import processes
 from voile.lab import cni, faults
 from voile.lab.host import run_id
+from voile.lab.inventory import of_host
 from voile.lab.lab import AGENT_METRICS_PORT, Lab
 from voile.lab.measure import free_octet
 
@@ -41,17 +42,16 @@ def kubectl(lab: Lab, *args: str) -> str:
 
 
 def inventory(lab: Lab) -> dict[str, str]:
+    """What the fuzzing must not change: the API's objects and the host's whole inventory
+    (voile.lab.inventory: links, routes, OVS rows and flows, the agent's files...)."""
     host = lab.host(1)
-    state = {
-        str(p.relative_to(host.state_dir)): p.read_text(errors="replace")
-        for p in sorted(host.state_dir.rglob("*"))
-        if p.is_file()
-    }
     return {
         "endpoints": kubectl(lab, "get", "vep", "-A", "-o", "name"),
         "claims": kubectl(lab, "get", "ipclaims", "-o", "name"),
-        "ports": host.vsctl("list-ports", "br-voile"),
-        "state": repr(state),
+        **{
+            name: "\n".join(lines)
+            for name, lines in of_host(host, [host.state_dir, host.cni_spool_dir]).sections.items()
+        },
     }
 
 
@@ -94,7 +94,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="voile-bench-fuzz-") as tmp:
         lab = Lab(Path(tmp) / "lab", run_id=f"bz{run_id()[:4]}", underlay_octet=free_octet())
         try:
-            lab.up(hosts=1)
+            lab.up(hosts=1, datapath="ovs")  # the figures in docs/faults.md
             host = lab.host(1)
             agent = faults.pid(lab, "host-1", "agent")
             before = inventory(lab)

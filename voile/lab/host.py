@@ -35,6 +35,8 @@ from voile.processes import alive
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 NETNS_DIR = Path("/run/netns")
+CNI_PLUGIN = "voile"  # the plugin binary's name (its type)
+CNI_CONF_NAME = "10-voile.conflist"  # the chart's cni.confName
 DATAPATHS = ("ovs", "ebpf", "none")  # none: a bare namespace (benchmarks' baselines)
 
 
@@ -216,6 +218,16 @@ class SimulatedHost:
     def cni_spool_dir(self) -> Path:
         """Where this host's CNI plugin records a DEL its agent did not answer."""
         return self.directory / "cni-pending"
+
+    @property
+    def cni_bin_dir(self) -> Path:
+        """This host's /opt/cni/bin: where the chart's install-cni puts the plugin."""
+        return self.directory / "cni" / "bin"
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        """This host's /etc/cni/net.d: where install-cni writes the primary conflist."""
+        return self.directory / "cni" / "net.d"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -442,6 +454,9 @@ class SimulatedHost:
             "--docker-plugin-socket", str(self.docker_plugin_socket),
             "--state-dir", str(self.state_dir),
             "--cni-spool-dir", str(self.cni_spool_dir),
+            # What the chart's install-cni wrote, which an uninstall's cleanup removes.
+            "--cni-bin-file", str(self.cni_bin_dir / CNI_PLUGIN),
+            "--cni-conf-file", str(self.cni_conf_dir / CNI_CONF_NAME),
             *extra,
         ]  # fmt: skip
 
