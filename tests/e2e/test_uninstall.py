@@ -14,10 +14,12 @@ flows, BPF pins and the agent's and the runtime's directories. docs/install.md h
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,8 +29,9 @@ import yaml
 from tests.catalogue import network
 from tests.e2e.chart import CHART, Helm, helm_binary
 from tests.e2e.labtools import kubectl
+from voile import processes
 from voile.api import constants as c
-from voile.lab import cni
+from voile.lab import cni, faults
 from voile.lab.host import CNI_CONF_NAME, SimulatedHost, sh
 from voile.lab.inventory import Inventory, of_host
 from voile.lab.lab import Lab
@@ -135,6 +138,30 @@ def cleanup_again(host: SimulatedHost) -> str:
     return proc.stderr
 
 
+class Phases:
+    """Prints how long each phase took (the test's time budget is tight: it runs in make test)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        print(f"phase {name}: {now - self.last:.1f}s")
+        self.last = now
+
+
+def inventories(hosts: list[SimulatedHost]) -> dict[str, Inventory]:
+    """Every host's inventory, taken at the same time."""
+    with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:
+        return dict(
+            zip(
+                [h.name for h in hosts],
+                pool.map(lambda h: of_host(h, directories(h)), hosts),
+                strict=True,
+            )
+        )
+
+
 def assert_same(before: dict[str, Inventory], after: dict[str, Inventory], when: str) -> None:
     diffs = {name: before[name].diff(after[name]) for name in before}
     report = "\n".join(f"--- {name}\n{d}" for name, d in diffs.items() if d)
@@ -157,12 +184,14 @@ def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
 def test_uninstall_leaves_each_host_as_it_was_before_the_install(lab: Lab, tmp_path: Path) -> None:
     datapath = lab.datapath
     assert datapath is not None
+    phase = Phases()
     hosts = [lab.host(1), lab.host(2)]
     for host in hosts:  # the runtime's directories exist on a node before Voile
         for d in (host.cni_bin_dir, host.cni_conf_dir, host.docker_plugin_socket.parent):
             d.mkdir(parents=True, exist_ok=True)
         make_foreign(host)
-    before = {h.name: of_host(h, directories(h)) for h in hosts}
+    before = inventories(hosts)
+    phase("foreign objects, inventory before")
 
     # Install as a user does: the chart (its DaemonSet is what each agent watches), the CNI
     # files its init container writes, the agents with the chart's options.
@@ -172,39 +201,52 @@ def test_uninstall_leaves_each_host_as_it_was_before_the_install(lab: Lab, tmp_p
     for host in hosts:
         install_cni(lab, helm, values, host)
         assert (host.cni_conf_dir / CNI_CONF_NAME).exists()
+    phase("helm install, install-cni")
     lab.start_agents(extra=["--owner-daemonset", AGENT_DS])
+    phase("agents started")
     kubectl(lab, "apply", "-f", "-", input=json.dumps(network(NETWORK, cidr=OVERLAY[datapath])))
     lab.attach("host-1", "u1", NETWORK)
     dst = lab.attach("host-2", "u2", NETWORK)
     assert ping(lab, "u1", dst)
-    installed = {h.name: of_host(h, directories(h)) for h in hosts}
+    installed = inventories(hosts)
     assert all(before[n].diff(installed[n]) for n in before), "the install changed nothing?"
+    phase("network, 2 endpoints, ping, inventory")
 
     # A stop that is not an uninstall (an upgrade, a drain) leaves the datapath forwarding.
     lab.restart("agent/host-2")
     assert ping(lab, "u1", dst)
     assert "datapath left in place" in agent_log(hosts[1])
+    phase("agent restart, ping")
 
     # Uninstall as the docs say: Endpoints, networks, then the release.
     lab.detach("u1")
     lab.detach("u2")
     kubectl(lab, "delete", "overlaynetworks.voile.dev", "--all", "--wait", "--timeout=60s")
+    phase("detach, delete the network")
     helm.run("uninstall", "voile", "-n", c.DEFAULT_NAMESPACE)
-    for host in hosts:  # the kubelet stops the Pods the garbage collector deleted
-        lab.stop_process(f"agent/{host.name}")
+    # The kubelet stops the Pods the garbage collector deleted: SIGTERM, 30 s of grace.
+    agents = [faults.pid(lab, h.name, "agent") for h in hosts]
+    with concurrent.futures.ThreadPoolExecutor(len(agents)) as pool:
+        list(pool.map(lambda pid: processes.terminate(pid, grace=30, group=True), agents))
+    for host in hosts:
+        lab.stop_process(f"agent/{host.name}")  # gone already: only the lab's record
         log = agent_log(host)
         assert "uninstall, cleaning the host" in log, log[-2000:]
         assert "cleanup done" in log
-    after = {h.name: of_host(h, directories(h)) for h in hosts}
+    after = inventories(hosts)
+    phase("helm uninstall, SIGTERM, inventory")
     assert_same(before, after, "after the uninstall")
 
     # Idempotent: cleanup by hand afterwards finds nothing and changes nothing.
-    for host in hosts:
-        done = re.findall(r"cleanup done (.*)", cleanup_again(host))
+    with concurrent.futures.ThreadPoolExecutor(len(hosts)) as pool:
+        logs = list(pool.map(cleanup_again, hosts))
+    for log in logs:
+        done = re.findall(r"cleanup done (.*)", log)
         assert done, "no cleanup report"
         counts = dict(item.split("=") for item in done[-1].split())
         assert set(counts.values()) == {"0"}, counts
-    assert_same(before, {h.name: of_host(h, directories(h)) for h in hosts}, "after a 2nd cleanup")
+    assert_same(before, inventories(hosts), "after a 2nd cleanup")
     for host in hosts:  # the foreign objects are part of the inventories; said once more
         host.exec("ip", "link", "show", f"{FOREIGN}0")
         assert not host.attach_socket.exists()
+    phase("cleanup again, inventory")

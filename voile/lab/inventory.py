@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,18 @@ def tree(root: Path) -> list[str]:
     ]
 
 
+def wait_addresses_settled(netns: str, *, timeout: float = 10.0) -> None:
+    """Wait until no IPv6 address is tentative (in duplicate address detection): the kernel adds
+    its local route only after, so a host just brought up would change under the inventory."""
+    deadline = time.monotonic() + timeout
+    while any(
+        r.get("addr_info") for r in _json(netns, "ip", "-6", "-j", "addr", "show", "tentative")
+    ):
+        if time.monotonic() > deadline:
+            raise LabError(f"inventory: IPv6 addresses of {netns} still tentative after {timeout}s")
+        time.sleep(0.2)
+
+
 def observe(
     netns: str,
     *,
@@ -223,6 +236,7 @@ def observe(
 ) -> Inventory:
     """The inventory of the host in namespace ``netns``. Raises LabError if any part of it
     cannot be observed."""
+    wait_addresses_settled(netns)
     link_lines, names = links(netns)
     sections: dict[str, list[str]] = {
         "links": link_lines,
