@@ -120,20 +120,9 @@ def agent_log(host: SimulatedHost) -> str:
 
 def cleanup_again(host: SimulatedHost) -> str:
     """`voile-agent cleanup` by hand, with the options the agent ran with; its log."""
-    argv = host.agent_command(host.name, "unused")
-    options = argv[argv.index("run") + 1 :]
-    kept: list[str] = []
-    skip = {"--node", "--kubeconfig", "--attach-socket", "--docker-plugin-socket"}
-    it = iter(options)
-    for option in it:
-        value = next(it)
-        if option not in skip:
-            kept += [option, value]
-    enter = argv[: argv.index("run") - 1]
     proc = subprocess.run(
-        [*enter, argv[argv.index("run") - 1], "cleanup", *kept],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        host.cleanup_command(), capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stderr
 

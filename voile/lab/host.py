@@ -452,12 +452,27 @@ class SimulatedHost:
             "--kubeconfig", str(kubeconfig),
             "--attach-socket", str(self.attach_socket),
             "--docker-plugin-socket", str(self.docker_plugin_socket),
+            *self.file_args(),
+            *extra,
+        ]  # fmt: skip
+
+    def file_args(self) -> list[str]:
+        """The agent's file options for this host (``run`` and ``cleanup`` alike): its state and
+        spool directories, and what the chart's install-cni wrote (removed by a cleanup)."""
+        return [
             "--state-dir", str(self.state_dir),
             "--cni-spool-dir", str(self.cni_spool_dir),
-            # What the chart's install-cni wrote, which an uninstall's cleanup removes.
             "--cni-bin-file", str(self.cni_bin_dir / CNI_PLUGIN),
             "--cni-conf-file", str(self.cni_conf_dir / CNI_CONF_NAME),
-            *extra,
+        ]  # fmt: skip
+
+    def cleanup_command(self) -> list[str]:
+        """``voile-agent cleanup`` for this host, inside its namespace."""
+        agent = Path(sys.executable).with_name("voile-agent")
+        return [
+            "ip", "netns", "exec", self.namespace,
+            str(agent) if agent.exists() else "voile-agent", "cleanup",
+            *self.datapath_args(), *self.file_args(),
         ]  # fmt: skip
 
     def datapath_args(self) -> list[str]:
