@@ -55,15 +55,21 @@ def inventory(lab: Lab) -> dict[str, str]:
     }
 
 
+def baseline(door: fuzzing.Door, request: bytes, count: int, name: str) -> float:
+    """``count`` valid requests to ``door``, each answered 200; their rate."""
+    started = time.monotonic()
+    for _ in range(count):
+        assert fuzzing.send(door, request).status == 200
+    rate = count / (time.monotonic() - started)
+    print(f"baseline {name}: {count} requests, {rate:.0f}/s")
+    return rate
+
+
 def fuzz_metrics(netns: str, agent: int, count: int) -> bool:
     """The agent's metrics port: baseline, fuzz, fds and threads. True if something failed."""
     door = fuzzing.TcpDoor(AGENT_METRICS_PORT, netns)
     valid = b"GET /metrics HTTP/1.1\r\nHost: v\r\n\r\n"
-    started = time.monotonic()
-    for _ in range(count):
-        assert fuzzing.send(door, valid).status == 200
-    base_rate = count / (time.monotonic() - started)
-    print(f"baseline GET /metrics: {count} requests, {base_rate:.0f}/s")
+    base_rate = baseline(door, valid, count, "GET /metrics")
     before = processes.resources(agent)
     started = time.monotonic()
     report = fuzzing.fuzz(door, fuzzing.METRICS_PATHS, count, fuzzing.metrics_verdict)
@@ -100,11 +106,7 @@ def main() -> int:
             before = inventory(lab)
             sock = str(host.attach_socket)
             version = b"GET /v1/version HTTP/1.1\r\nHost: v\r\nConnection: close\r\n\r\n"
-            started = time.monotonic()
-            for _ in range(count):
-                assert fuzzing.send(sock, version).status == 200
-            base_rate = count / (time.monotonic() - started)
-            print(f"baseline GET /v1/version: {count} requests, {base_rate:.0f}/s")
+            base_rate = baseline(sock, version, count, "GET /v1/version")
             doors = {
                 "local attach API": (sock, fuzzing.LOCAL_API_PATHS),
                 "Docker driver": (str(host.docker_plugin_socket), fuzzing.DOCKER_PATHS),

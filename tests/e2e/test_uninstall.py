@@ -28,7 +28,7 @@ import yaml
 
 from tests.catalogue import network
 from tests.e2e.chart import CHART, Helm, helm_binary
-from tests.e2e.labtools import kubectl
+from tests.e2e.labtools import kubectl, ping
 from voile import processes
 from voile.api import constants as c
 from voile.lab import cni, faults
@@ -96,22 +96,6 @@ def install_cni(lab: Lab, helm: Helm, values: str, host: SimulatedHost) -> None:
         script = script.replace(inside, str(outside))
     env = {**os.environ, **{e["name"]: e["value"] for e in init.get("env", [])}}
     subprocess.run(["sh", "-ec", script], env=env, check=True, timeout=30)
-
-
-def ping(lab: Lab, source: str, address: str) -> bool:
-    argv = [
-        "ip",
-        "netns",
-        "exec",
-        lab.container_netns(source),
-        "ping",
-        "-c",
-        "2",
-        "-W",
-        "2",
-        address,
-    ]
-    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
 
 def agent_log(host: SimulatedHost) -> str:
