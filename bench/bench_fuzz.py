@@ -1,11 +1,14 @@
 """Fuzz a real agent's doors: 10,000 generated requests each to the local attach API, the Docker
-driver and the CNI plugin (tests/fuzzing.py: hypothesis, garbage to well-formed requests).
+driver, the metrics port and the CNI plugin (tests/fuzzing.py: hypothesis, garbage to
+well-formed requests).
 
 One-host lab (own run id and underlay). Checks what must hold: no server error leaking a
 traceback, an answer to every complete request, the agent never restarted and still answering,
-nothing created (Endpoints, IPClaims, bridge ports, the agent's state files unchanged). Baseline
-in the same run: as many valid `GET /v1/version` requests on the same socket; prints both
-request rates and their ratio.
+nothing created (Endpoints, IPClaims, bridge ports, the agent's state files unchanged); the
+metrics port answers a 4xx to everything but `GET /metrics`, and the agent holds no more fds or
+threads after it than before. Baselines in the same run: as many valid `GET /v1/version`
+requests on the local API's socket, and as many valid `GET /metrics`; prints the request rates
+and their ratios.
 
 Usage (root): .venv/bin/python bench/bench_fuzz.py [--requests 10000]
 """
@@ -23,9 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests import fuzzing
+from voile import processes
 from voile.lab import cni, faults
 from voile.lab.host import run_id
-from voile.lab.lab import Lab
+from voile.lab.inventory import of_host
+from voile.lab.lab import AGENT_METRICS_PORT, Lab
 from voile.lab.measure import free_octet
 
 
@@ -37,18 +42,50 @@ def kubectl(lab: Lab, *args: str) -> str:
 
 
 def inventory(lab: Lab) -> dict[str, str]:
+    """What the fuzzing must not change: the API's objects and the host's whole inventory
+    (voile.lab.inventory: links, routes, OVS rows and flows, the agent's files...)."""
     host = lab.host(1)
-    state = {
-        str(p.relative_to(host.state_dir)): p.read_text(errors="replace")
-        for p in sorted(host.state_dir.rglob("*"))
-        if p.is_file()
-    }
     return {
         "endpoints": kubectl(lab, "get", "vep", "-A", "-o", "name"),
         "claims": kubectl(lab, "get", "ipclaims", "-o", "name"),
-        "ports": host.vsctl("list-ports", "br-voile"),
-        "state": repr(state),
+        **{
+            name: "\n".join(lines)
+            for name, lines in of_host(host, [host.state_dir, host.cni_spool_dir]).sections.items()
+        },
     }
+
+
+def baseline(door: fuzzing.Door, request: bytes, count: int, name: str) -> float:
+    """``count`` valid requests to ``door``, each answered 200; their rate."""
+    started = time.monotonic()
+    for _ in range(count):
+        assert fuzzing.send(door, request).status == 200
+    rate = count / (time.monotonic() - started)
+    print(f"baseline {name}: {count} requests, {rate:.0f}/s")
+    return rate
+
+
+def fuzz_metrics(netns: str, agent: int, count: int) -> bool:
+    """The agent's metrics port: baseline, fuzz, fds and threads. True if something failed."""
+    door = fuzzing.TcpDoor(AGENT_METRICS_PORT, netns)
+    valid = b"GET /metrics HTTP/1.1\r\nHost: v\r\n\r\n"
+    base_rate = baseline(door, valid, count, "GET /metrics")
+    before = processes.resources(agent)
+    started = time.monotonic()
+    report = fuzzing.fuzz(door, fuzzing.METRICS_PATHS, count, fuzzing.metrics_verdict)
+    rate = report.requests / (time.monotonic() - started)
+    after = processes.settled_resources(agent, at_most=before, timeout=15)
+    print(
+        f"metrics port: {report.requests} fuzzed requests, {rate:.0f}/s "
+        f"(x{rate / base_rate:.2f} of the baseline), statuses "
+        f"{dict(sorted(report.statuses.items(), key=str))}, slowest {report.slowest:.2f}s, "
+        f"{len(report.failures)} failures; agent fds {before.fds} -> {after.fds}, threads "
+        f"{before.threads} -> {after.threads}"
+    )
+    for failure in report.failures[:5]:
+        print(f"  {failure}")
+    leaked = after.fds > before.fds or after.threads > before.threads
+    return bool(report.failures) or report.requests != count or leaked
 
 
 def main() -> int:
@@ -63,17 +100,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="voile-bench-fuzz-") as tmp:
         lab = Lab(Path(tmp) / "lab", run_id=f"bz{run_id()[:4]}", underlay_octet=free_octet())
         try:
-            lab.up(hosts=1)
+            lab.up(hosts=1, datapath="ovs")  # the figures in docs/faults.md
             host = lab.host(1)
             agent = faults.pid(lab, "host-1", "agent")
             before = inventory(lab)
             sock = str(host.attach_socket)
             version = b"GET /v1/version HTTP/1.1\r\nHost: v\r\nConnection: close\r\n\r\n"
-            started = time.monotonic()
-            for _ in range(count):
-                assert fuzzing.send(sock, version).status == 200
-            base_rate = count / (time.monotonic() - started)
-            print(f"baseline GET /v1/version: {count} requests, {base_rate:.0f}/s")
+            base_rate = baseline(sock, version, count, "GET /v1/version")
             doors = {
                 "local attach API": (sock, fuzzing.LOCAL_API_PATHS),
                 "Docker driver": (str(host.docker_plugin_socket), fuzzing.DOCKER_PATHS),
@@ -91,6 +124,7 @@ def main() -> int:
                 for failure in report.failures[:5]:
                     print(f"  {failure}")
                 failed |= bool(report.failures) or report.requests != count
+            failed |= fuzz_metrics(host.netns_path, agent, count)
             started = time.monotonic()
             conf = lab.cni_conf("host-1", "fz-net")["plugins"][0]
             report = fuzzing.fuzz_cni(str(cni.plugin()), conf, count)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -44,3 +45,30 @@ def terminate(
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and alive(pid):
             time.sleep(0.05)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Resources:
+    """What a process holds that a leak would grow: open file descriptors and threads."""
+
+    fds: int
+    threads: int
+
+
+def resources(pid: int) -> Resources:
+    """The open fds and threads of a running process (/proc); raises if it cannot be read."""
+    return Resources(
+        fds=len(os.listdir(f"/proc/{pid}/fd")), threads=len(os.listdir(f"/proc/{pid}/task"))
+    )
+
+
+def settled_resources(pid: int, *, at_most: Resources, timeout: float) -> Resources:
+    """``resources(pid)`` once both are at most ``at_most`` (connections still closing, threads
+    still ending), or what they are after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = resources(pid)
+        done = now.fds <= at_most.fds and now.threads <= at_most.threads
+        if done or time.monotonic() > deadline:
+            return now
+        time.sleep(0.1)

@@ -22,8 +22,10 @@ from voile import kube, logs
 from voile.agentapi import AgentClient
 from voile.api import constants as c
 from voile.errors import VoileError
+from voile.metrics_http import MetricsServer
 from voile_agent import __version__
 from voile_agent.controller.agent import Agent, AgentSettings
+from voile_agent.controller.owner import OwnerWatch
 from voile_agent.controller.source import AgentSource, Pulse
 from voile_agent.datapath.base import Datapath
 from voile_agent.datapath.ebpf.backend import EbpfDatapath, EbpfSettings
@@ -33,10 +35,12 @@ from voile_agent.datapath.ovs.model import DatapathType
 from voile_agent.docker.driver import DockerDriver
 from voile_agent.docker.server import DEFAULT_SOCKET as DEFAULT_DOCKER_PLUGIN_SOCKET
 from voile_agent.docker.server import DockerPluginServer
+from voile_agent.docker.state import FILE_NAME as NETWORK_STORE_FILE
 from voile_agent.docker.state import NetworkStore
+from voile_agent.host import files
 from voile_agent.host.netlink import DEFAULT_ALLOWED_NETNS_DIRS, check_netns
 from voile_agent.kubeapi import FIELD_MANAGER
-from voile_agent.localapi.janitor import Janitor
+from voile_agent.localapi.janitor import INVALID_SUFFIX, Janitor
 from voile_agent.localapi.server import LocalApiServer
 from voile_agent.localapi.service import AttachService
 
@@ -126,6 +130,33 @@ def _add_datapath_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=["text", "json"], default=_env("log-format", "text"))
 
 
+def _add_host_file_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--state-dir",
+        default=_env("state-dir", DEFAULT_STATE_DIR),
+        help="where the agent keeps what it must find again after a restart (the Docker "
+        "driver's network mapping)",
+    )
+    p.add_argument(
+        "--cni-spool-dir",
+        default=_env("cni-spool-dir", DEFAULT_CNI_SPOOL_DIR),
+        help="where the CNI plugin records a DEL the agent did not answer; the agent finishes "
+        "each record at start and periodically (empty = off)",
+    )
+    p.add_argument(
+        "--cni-bin-file",
+        default=_env("cni-bin-file", ""),
+        help="the CNI plugin binary the chart installed on the host, removed by cleanup "
+        "(empty = none)",
+    )
+    p.add_argument(
+        "--cni-conf-file",
+        default=_env("cni-conf-file", ""),
+        help="the conflist the chart installed on the host (cni.mode=primary), removed by "
+        "cleanup if it is Voile's (empty = none)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voile-agent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"voile-agent {__version__}")
@@ -182,21 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
         "dockerd reads plugins from (empty = off)",
     )
     run.add_argument(
-        "--state-dir",
-        default=_env("state-dir", DEFAULT_STATE_DIR),
-        help="where the agent keeps what it must find again after a restart (the Docker "
-        "driver's network mapping)",
-    )
-    run.add_argument(
-        "--cni-spool-dir",
-        default=_env("cni-spool-dir", DEFAULT_CNI_SPOOL_DIR),
-        help="where the CNI plugin records a DEL the agent did not answer; the agent finishes "
-        "each record at start and periodically (empty = off)",
+        "--owner-daemonset",
+        default=_env("owner-daemonset", ""),
+        help="the DaemonSet (in --namespace) this agent runs in: on SIGTERM, when that "
+        "DaemonSet was seen and is now being deleted or gone (helm uninstall), the agent cleans "
+        "the host as `voile-agent cleanup` does before it exits; any other stop leaves the "
+        "datapath forwarding (empty = never clean on exit)",
     )
     _add_datapath_options(run)
+    _add_host_file_options(run)
 
     cleanup = sub.add_parser("cleanup", help="remove everything the agent made on this host")
     _add_datapath_options(cleanup)
+    _add_host_file_options(cleanup)
 
     dump = sub.add_parser("dump", help="print the running agent's datapath (its local API)")
     dump.add_argument("--attach-socket", default=_env("attach-socket", DEFAULT_ATTACH_SOCKET))
@@ -285,9 +314,9 @@ async def _run(args: argparse.Namespace) -> int:
     if not args.vtep_ip and not args.vtep_interface:
         raise VoileError("give --vtep-ip or --vtep-interface")
     datapath = build_datapath(args)
-    if args.metrics_port:
-        prometheus_client.start_http_server(args.metrics_port)
-        log.info("metrics served port=%s", args.metrics_port)
+    metrics = MetricsServer(args.metrics_port).start() if args.metrics_port else None
+    if metrics is not None:
+        log.info("metrics served port=%s", metrics.port)
     client = kube.KubeClient.from_config(args.kubeconfig, field_manager=FIELD_MANAGER)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -295,6 +324,12 @@ async def _run(args: argparse.Namespace) -> int:
         # Leave the datapath as it is: flows keep forwarding while the agent is away.
         loop.add_signal_handler(sig, lambda: task.cancel() if task else None)
     agent = Agent(settings, client, datapath)
+    owner = (
+        OwnerWatch(client, namespace=args.namespace, name=args.owner_daemonset)
+        if args.owner_daemonset
+        else None
+    )
+    owner_task = asyncio.create_task(owner.run(), name="owner-watch") if owner else None
     pulse = Pulse()
     agent.view.listeners.append(pulse.fire)
     servers: list[LocalApiServer | DockerPluginServer] = []
@@ -330,24 +365,60 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         await agent.run()
     except asyncio.CancelledError:
-        log.info("agent stopping; datapath left in place")
+        log.info("agent stopping")
     finally:
         if janitor is not None:
             janitor.cancel()
         for server in servers:
             await server.stop()
+        if owner_task is not None:
+            owner_task.cancel()
+        if owner is not None and await owner.uninstalling():
+            log.info("daemonset %s is gone: uninstall, cleaning the host", args.owner_daemonset)
+            await _clean_host(args, datapath)
+        else:
+            log.info("datapath left in place")
         await datapath.close()
         await client.close()
+        if metrics is not None:
+            metrics.close()
     return 0
+
+
+def _remove_host_files(args: argparse.Namespace) -> dict[str, int]:
+    """The agent's files on the host (host/files.py). Idempotent."""
+    removed = {"files": 0, "directories": 0}
+    if args.cni_bin_file:
+        removed["files"] += files.remove_file(Path(args.cni_bin_file))
+    if args.cni_conf_file:
+        removed["files"] += files.remove_conflist(Path(args.cni_conf_file))
+    if args.cni_spool_dir:
+        spool = Path(args.cni_spool_dir)
+        removed["files"] += files.remove_matching(
+            spool, ["*.json", "*" + INVALID_SUFFIX, ".pending-*"]
+        )
+        removed["directories"] += files.remove_empty_dir(spool)
+    if args.state_dir:
+        state = Path(args.state_dir)
+        removed["files"] += files.remove_matching(state, [NETWORK_STORE_FILE])
+        removed["directories"] += files.remove_empty_dir(state)
+    return removed
+
+
+async def _clean_host(args: argparse.Namespace, datapath: Datapath) -> None:
+    """Everything the agent made on this host: the datapath's (its cleanup()), then its files.
+    Idempotent."""
+    removed = await datapath.cleanup()
+    removed.update(await asyncio.to_thread(_remove_host_files, args))
+    log.info("cleanup done %s", " ".join(f"{k}={v}" for k, v in removed.items()))
 
 
 async def _cleanup(args: argparse.Namespace) -> int:
     datapath = build_datapath(args)
     try:
-        removed = await datapath.cleanup()
+        await _clean_host(args, datapath)
     finally:
         await datapath.close()
-    log.info("cleanup done %s", " ".join(f"{k}={v}" for k, v in removed.items()))
     return 0
 
 

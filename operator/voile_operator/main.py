@@ -21,10 +21,10 @@ import threading
 from collections.abc import Sequence
 
 import kopf
-import prometheus_client
 
 from voile import kube, logs
 from voile.api import constants as c
+from voile.metrics_http import MetricsServer
 from voile_operator import __version__
 from voile_operator.appliers.collector import ClaimCollector
 from voile_operator.appliers.health import HealthMonitor
@@ -221,9 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(args.log_level, args.log_format, quiet=("asyncio", "aiohttp"))
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it
-    if args.metrics_port:
-        prometheus_client.start_http_server(args.metrics_port)
-    return asyncio.run(run(args))
+    metrics = MetricsServer(args.metrics_port).start() if args.metrics_port else None
+    try:
+        return asyncio.run(run(args))
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 if __name__ == "__main__":

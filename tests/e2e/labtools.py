@@ -54,3 +54,12 @@ def kubectl_voile(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+
+
+def ping(lab: Lab, source: str, address: str, count: int = 3) -> bool:
+    """``count`` pings from the attached container ``source`` to ``address`` all answered."""
+    argv = ["ip", "netns", "exec", lab.container_netns(source), "ping", "-c", str(count), "-W", "2"]
+    return (
+        subprocess.run([*argv, address], capture_output=True, timeout=60, check=False).returncode
+        == 0
+    )

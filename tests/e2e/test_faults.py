@@ -27,15 +27,17 @@ import pytest
 from tests import fuzzing
 from tests.catalogue import network
 from tests.e2e.labtools import kubectl
+from voile import processes
 from voile.lab import cni, faults
 from voile.lab.host import del_netns
-from voile.lab.lab import Lab
+from voile.lab.lab import AGENT_METRICS_PORT, Lab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
 NETWORK = "faults"
 INTERVAL = 0.01  # 100 packets per second
 FUZZ_REQUESTS = 1000  # per door here; bench/bench_fuzz.py sends 10,000
+METRICS = b"GET /metrics HTTP/1.1\r\nHost: voile\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -373,3 +375,26 @@ def test_fuzzed_requests_at_every_door_crash_nothing_and_leave_nothing(lab: Lab)
     assert kubectl(lab, "get", "vep", "-A", "-o", "name") == endpoints
     assert kubectl(lab, "get", "ipclaims", "-o", "name") == claims
     assert host.vsctl("list-ports", "br-voile") == ports
+
+
+def test_fuzzed_metrics_port_answers_4xx_keeps_serving_and_leaks_no_fd_or_thread(
+    lab: Lab,
+) -> None:
+    """The agent's metrics port (the chart's metrics.agentPort, in the host's namespace)."""
+    host = lab.host(3)
+    agent = faults.pid(lab, "host-3", "agent")
+    door = fuzzing.TcpDoor(AGENT_METRICS_PORT, host.netns_path)
+    for _ in range(50):  # warm: the handler threads' first run, the registry's collectors
+        assert fuzzing.send(door, METRICS).status == 200
+    before = processes.resources(agent)
+    report = fuzzing.fuzz(door, fuzzing.METRICS_PATHS, FUZZ_REQUESTS, fuzzing.metrics_verdict)
+    print(f"fuzz metrics port: {report.requests} requests, {dict(report.statuses)}, "
+          f"slowest {report.slowest:.2f}s, agent fds/threads before {before}")  # fmt: skip
+    assert report.requests == FUZZ_REQUESTS
+    assert report.failures == [], report.failures[:5]
+    assert {200, 404, 405} <= set(report.statuses), report.statuses
+    assert faults.pid(lab, "host-3", "agent") == agent, "the agent restarted"
+    served = fuzzing.send(door, METRICS)
+    assert served.status == 200 and b"voile_agent_reconcile_seconds" in served.body
+    after = processes.settled_resources(agent, at_most=before, timeout=10)
+    assert after.fds <= before.fds and after.threads <= before.threads, (before, after)

@@ -171,8 +171,20 @@ def test_template_default_values(helm: Helm) -> None:
         "/var/run/netns",
         "/run/voile",
         "/var/lib/voile/cni-pending",
+        "/host/cni/bin",  # the plugin install-cni wrote, removed on uninstall
     }
     assert mounts["/var/run/netns"]["mountPropagation"] == "HostToContainer"
+    # helm uninstall: the agent watches its DaemonSet and cleans the node when it is deleted.
+    assert env["VOILE_OWNER_DAEMONSET"] == "voile-agent"
+    assert env["VOILE_CNI_BIN_FILE"] == "/host/cni/bin/voile"
+    assert "VOILE_CNI_CONF_FILE" not in env
+    role = find(objs, "Role", "voile-agent")
+    assert {
+        "apiGroups": ["apps"],
+        "resources": ["daemonsets"],
+        "resourceNames": ["voile-agent"],
+        "verbs": ["get", "list", "watch"],
+    } in role["rules"]
     assert env["VOILE_ATTACH_SOCKET"] == "/run/voile/agent.sock"
     dep = find(objs, "Deployment", "voile-operator")
     assert dep["spec"]["replicas"] == 2
@@ -589,6 +601,17 @@ def test_template_cni_plugin_install(helm: Helm) -> None:
     }
     volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
     assert (volumes["cni-conf"], volumes["cni-bin"]) == ("/etc/cni/custom.d", "/usr/libexec/cni")
+    assert container_env(ds)["VOILE_CNI_CONF_FILE"] == "/host/cni/net.d/05-voile.conflist"
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert (mounts["cni-conf"], mounts["cni-bin"]) == ("/host/cni/net.d", "/host/cni/bin")
+
+    objs = helm.template("voile-system", {**values, "agent.cleanupOnUninstall": "false"})
+    ds = find(objs, "DaemonSet", "voile-agent")
+    env = container_env(ds)
+    assert not {"VOILE_OWNER_DAEMONSET", "VOILE_CNI_BIN_FILE", "VOILE_CNI_CONF_FILE"} & set(env)
+    mounts = {m["name"] for m in ds["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert not {"cni-bin", "cni-conf"} & mounts
+    assert not [r for r in find(objs, "Role", "voile-agent")["rules"] if "apps" in r["apiGroups"]]
 
     ds = find(helm.template("voile-system", {"cni.enabled": "false"}), "DaemonSet", "voile-agent")
     assert "initContainers" not in ds["spec"]["template"]["spec"]

@@ -21,7 +21,7 @@ from tests.conftest import venv_bin
 from voile.lab.host import add_netns, del_netns
 from voile.lab.lab import Lab
 
-from .labtools import kubectl_voile
+from .labtools import kubectl_voile, ping
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
@@ -59,11 +59,6 @@ def in_ns(netns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedPro
         timeout=timeout,
         check=False,
     )
-
-
-def ping(lab: Lab, source: str, address: str, count: int = 3) -> bool:
-    netns = lab.container_netns(source)
-    return in_ns(netns, "ping", "-c", str(count), "-W", "2", address).returncode == 0
 
 
 def wait_ready(lab: Lab, namespace: str, name: str, timeout: float = 60) -> dict[str, str]:

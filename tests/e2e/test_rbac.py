@@ -73,6 +73,12 @@ MATRIX: list[tuple[str, str, str, bool, bool]] = [
     ("delete", "vniclaims.voile.dev", CLUSTER, True, False),
     ("list", "vniclaims.voile.dev", CLUSTER, True, False),
     ("create", "leases", RELEASE, True, True),
+    # The agent watches its own DaemonSet: deleted means uninstall (docs/install.md).
+    ("watch", "daemonsets.apps/voile-agent", RELEASE, False, True),
+    ("get", "daemonsets.apps/voile-agent", RELEASE, False, True),
+    ("get", "daemonsets.apps/other", RELEASE, False, False),
+    ("list", "daemonsets.apps", RELEASE, False, False),
+    ("delete", "daemonsets.apps/voile-agent", RELEASE, False, False),
     ("get", "leases/voile-agent-node-1", RELEASE, True, False),
     ("update", "leases/voile-operator", RELEASE, False, False),
     ("patch", "leases/voile-agent-node-1", RELEASE, False, True),

@@ -351,7 +351,7 @@ class AgentProcess:
 
     def cleanup_command(self) -> subprocess.CompletedProcess[str]:
         h = self.host
-        return h.exec(AGENT, "cleanup", *h.datapath_args(), check=False)
+        return h.exec(AGENT, "cleanup", *h.datapath_args(), *h.file_args(), check=False)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

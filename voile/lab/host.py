@@ -35,6 +35,8 @@ from voile.processes import alive
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/24")
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 NETNS_DIR = Path("/run/netns")
+CNI_PLUGIN = "voile"  # the plugin binary's name (its type)
+CNI_CONF_NAME = "10-voile.conflist"  # the chart's cni.confName
 DATAPATHS = ("ovs", "ebpf", "none")  # none: a bare namespace (benchmarks' baselines)
 
 
@@ -216,6 +218,16 @@ class SimulatedHost:
     def cni_spool_dir(self) -> Path:
         """Where this host's CNI plugin records a DEL its agent did not answer."""
         return self.directory / "cni-pending"
+
+    @property
+    def cni_bin_dir(self) -> Path:
+        """This host's /opt/cni/bin: where the chart's install-cni puts the plugin."""
+        return self.directory / "cni" / "bin"
+
+    @property
+    def cni_conf_dir(self) -> Path:
+        """This host's /etc/cni/net.d: where install-cni writes the primary conflist."""
+        return self.directory / "cni" / "net.d"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -440,9 +452,27 @@ class SimulatedHost:
             "--kubeconfig", str(kubeconfig),
             "--attach-socket", str(self.attach_socket),
             "--docker-plugin-socket", str(self.docker_plugin_socket),
+            *self.file_args(),
+            *extra,
+        ]  # fmt: skip
+
+    def file_args(self) -> list[str]:
+        """The agent's file options for this host (``run`` and ``cleanup`` alike): its state and
+        spool directories, and what the chart's install-cni wrote (removed by a cleanup)."""
+        return [
             "--state-dir", str(self.state_dir),
             "--cni-spool-dir", str(self.cni_spool_dir),
-            *extra,
+            "--cni-bin-file", str(self.cni_bin_dir / CNI_PLUGIN),
+            "--cni-conf-file", str(self.cni_conf_dir / CNI_CONF_NAME),
+        ]  # fmt: skip
+
+    def cleanup_command(self) -> list[str]:
+        """``voile-agent cleanup`` for this host, inside its namespace."""
+        agent = Path(sys.executable).with_name("voile-agent")
+        return [
+            "ip", "netns", "exec", self.namespace,
+            str(agent) if agent.exists() else "voile-agent", "cleanup",
+            *self.datapath_args(), *self.file_args(),
         ]  # fmt: skip
 
     def datapath_args(self) -> list[str]:

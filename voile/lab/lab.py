@@ -49,6 +49,9 @@ ATTACH_NAMESPACE = "default"
 # The network of a Pod without the annotation voile.dev/network: the first example's.
 DEFAULT_POD_NETWORK = "blue"
 NODE_CNI_NETWORK = "voile"  # the conflist's name (libcni keys its cache by it)
+# Each host's agent serves its metrics on this port of the host's namespace (the chart's
+# metrics.agentPort).
+AGENT_METRICS_PORT = 9782
 
 
 def lab_dir() -> Path:
@@ -163,12 +166,14 @@ class Lab:
         nodes: bool = False,
         pod_network: str | None = None,
         datapath: str = "auto",
+        agents: bool = True,
     ) -> Path:
         """Start (or complete) the lab with hosts host-1..host-N. Idempotent. ``nodes``: each
         host is also a Kubernetes node (containerd + kubelet, voile.lab.node) whose Pods get
         ``pod_network`` unless their annotation voile.dev/network names another; ``datapath``:
         ``ovs`` (userspace OVS per host), ``ebpf``, or ``auto`` (``choose_datapath``); a lab
-        keeps what its first ``up`` chose."""
+        keeps what its first ``up`` chose. ``agents=False``: everything but the hosts' agents,
+        which ``start_agents`` starts (a test observes the hosts before any agent ran)."""
         if not 1 <= hosts <= 50:
             raise LabError("--hosts must be between 1 and 50")
         if os.geteuid() != 0:
@@ -214,11 +219,36 @@ class Lab:
         self._ensure_process(
             state, "operator", self._operator_argv(), self.directory / "operator.log"
         )
+        if not agents:
+            self._save(state)
+            return endpoints.kubeconfig
+        self.start_agents(names, state=state, restart_running=newly_nodes)
+        if state["nodes"]:
+            self._start_nodes(names, state["pod_network"])
+        _say(f"lab up: {len(names)} hosts; try `voile lab attach host-1 c1 --network <net>`")
+        return endpoints.kubeconfig
+
+    def start_agents(
+        self,
+        names: Sequence[str] | None = None,
+        *,
+        extra: Sequence[str] | None = None,
+        state: dict[str, Any] | None = None,
+        restart_running: bool = False,
+    ) -> None:
+        """Start the agents of ``names`` (default: every host) that do not run, and wait for
+        their heartbeats. ``extra``: more agent options, kept for every later (re)start.
+        ``restart_running``: restart running ones too (hosts that just became nodes)."""
+        state = state if state is not None else self._state()
+        if extra is not None:
+            state["agent_args"] = list(extra)
+            self._save(state)
+        names = list(names) if names is not None else list(state["hosts"])
         for name in names:
             index = int(name.split("-")[1])
             host = self.host(index)
             key = f"agent/{name}"
-            if newly_nodes and alive(int(state["pids"].get(key) or 0)):
+            if restart_running and alive(int(state["pids"].get(key) or 0)):
                 # It runs in a mount namespace of its own: into the node's, to see its Pods.
                 self.restart(key)
                 state = self._state()
@@ -227,10 +257,6 @@ class Lab:
         self._save(state)
         _say("waiting for the agents' heartbeats")
         asyncio.run(self._wait_agents(names, timeout=120))
-        if state["nodes"]:
-            self._start_nodes(names, state["pod_network"])
-        _say(f"lab up: {len(names)} hosts; try `voile lab attach host-1 c1 --network <net>`")
-        return endpoints.kubeconfig
 
     # -- Kubernetes nodes ----------------------------------------------------------------------
 
@@ -374,6 +400,8 @@ class Lab:
             # A lab host that dies is found lost (peers stop sending to it) in ~12 s, not 40.
             "--heartbeat-interval", "3",
             "--lease-duration", "12",
+            "--metrics-port", str(AGENT_METRICS_PORT),
+            *self._state().get("agent_args", []),
             *extra,
             mount_namespace=mount_namespace,
         )  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Collection, Mapping
 
 from voile.errors import DatapathBusy, DatapathError
@@ -62,7 +63,10 @@ async def _run(
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except (TimeoutError, asyncio.CancelledError) as exc:
-        proc.kill()
+        # The tool may have exited meanwhile: a ProcessLookupError here would replace the
+        # CancelledError, and the caller's retry loop would swallow the agent's SIGTERM.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
         await proc.wait()
         if isinstance(exc, asyncio.CancelledError):
             raise
