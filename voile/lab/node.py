@@ -203,8 +203,8 @@ class KubeNode:
         own = os.readlink("/proc/self/ns/mnt")
         deadline = time.monotonic() + 10
         while True:  # nsenter and unshare exec: the pid becomes the sleep in the new namespace
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{proc.pid}/ns/mnt") != own:
+            with contextlib.suppress(OSError):  # unshare(2) comes before the exec of sleep
+                if os.readlink(f"/proc/{proc.pid}/ns/mnt") != own and self._running("holder"):
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise LabError(f"{self.name}: the mount namespace holder did not start")
