@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from voile import kube
 from voile.api import constants as c
 from voile.controlplane import ControlPlane
 from voile.crds import install_crds
-from voile.lab.measure import create_networks
+from voile.lab.measure import create_networks, percentile
 
 REPO = Path(__file__).resolve().parents[1]
 OPERATOR = REPO / ".venv" / "bin" / "voile-operator"
@@ -47,6 +48,9 @@ class Result:
     duplicates: int
     claims_after_allocation: int
     leaked_claims: int
+    leader_kills: int = 0
+    # seconds from each SIGKILL of the leader to the next allocation
+    takeover: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -150,16 +154,46 @@ async def run_case(
     nets = await make_networks(client, f"{ns}-", third)
     url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=ns)
     claims_url = kube.path(c.GROUP, c.VERSION, c.IP_CLAIMS)
+    lease_url = kube.path(
+        "coordination.k8s.io", "v1", "leases", namespace=c.DEFAULT_NAMESPACE, name=c.OPERATOR_LEASE
+    )
     kills = 0
+    leader_kills: list[float] = []  # when a replica that held the Lease was killed
+    allocations: list[float] = []  # when the watch first showed an Endpoint's address
 
     async def killer() -> None:
         nonlocal kills
         turn = 0
         while replicas is not None:
             await asyncio.sleep(kill_every)
-            if replicas.kill(turn % len(replicas.procs)):
+            i = turn % len(replicas.procs)
+            try:
+                lease = await client.get(lease_url) or {}
+                leader = ((lease.get("spec") or {}).get("holderIdentity")) == f"chaos-{i}"
+            except (kube.ApiError, OSError, TimeoutError):
+                leader = False
+            if replicas.kill(i):
                 kills += 1
+                if leader:
+                    leader_kills.append(time.monotonic())
             turn += 1
+
+    async def watch_allocations() -> None:
+        seen: set[str] = set()
+        _, version = await client.list(url)
+        while True:
+            try:
+                async for kind, obj in client.watch(url, resource_version=version):
+                    version = str((obj.get("metadata") or {}).get("resourceVersion", version))
+                    name = str((obj.get("metadata") or {}).get("name", ""))
+                    ip = (obj.get("status") or {}).get("ip")
+                    if kind != "BOOKMARK" and ip and name not in seen:
+                        seen.add(name)
+                        allocations.append(time.monotonic())
+            except kube.Gone:
+                _, version = await client.list(url)
+            except Exception:  # the API server under load, a broken stream: watch again
+                await asyncio.sleep(0.5)
 
     async def vnis() -> bool:  # an operator leads and the networks are ready: start the clock
         for net in nets:
@@ -177,6 +211,8 @@ async def run_case(
             with contextlib.suppress(kube.Conflict):  # created by an earlier attempt
                 await _retry(lambda: client.create(url, endpoint_body(ns, name, nets[i % 3])), name)
 
+    watching = asyncio.create_task(watch_allocations())
+    await asyncio.sleep(0.5)
     started = time.monotonic()
     killing = asyncio.create_task(killer())
     try:
@@ -194,6 +230,12 @@ async def run_case(
         seconds = time.monotonic() - started
     finally:
         killing.cancel()
+        watching.cancel()
+    takeover = []
+    for killed in leader_kills:
+        after = [t for t in allocations if t > killed]
+        if after:
+            takeover.append(min(after) - killed)
     done = [o for o in items if (o.get("status") or {}).get("ip")]
     seen: set[tuple[str, str]] = set()
     duplicates = 0
@@ -230,7 +272,9 @@ async def run_case(
     while leaked and time.monotonic() < deadline:
         await asyncio.sleep(2)
         leaked = await claims_left()
-    return Result(count, len(done), seconds, kills, duplicates, len(ours), leaked)
+    return Result(
+        count, len(done), seconds, kills, duplicates, len(ours), leaked, len(leader_kills), takeover
+    )
 
 
 async def run_all(kubeconfig: Path, directory: Path, args: argparse.Namespace) -> int:
@@ -266,6 +310,13 @@ async def run_all(kubeconfig: Path, directory: Path, args: argparse.Namespace) -
             f"{r.claims_after_allocation} claims for {r.count} endpoints, "
             f"{r.leaked_claims} claims left after deleting them all"
         )
+    if chaos.takeover:
+        print(
+            f"leader SIGKILL -> next allocation ({chaos.leader_kills} leader kills, "
+            f"{len(chaos.takeover)} followed by one): "
+            f"p50 {percentile(chaos.takeover, 50):.2f}s p99 {percentile(chaos.takeover, 99):.2f}s "
+            f"max {max(chaos.takeover):.2f}s"
+        )
     print(f"ratio chaos/baseline allocation rate: x{chaos.rate / base.rate:.2f}")
     ok = all(
         r.allocated == r.count
@@ -282,6 +333,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--kill-every", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--logs", type=Path, help="copy the operators' logs into this directory")
     args = parser.parse_args()
     args.count = max(3, min(args.count, 3000))
     # SIGTERM (a timeout) still stops the replicas and the control plane (the finally blocks).
@@ -293,6 +345,10 @@ def main() -> int:
             return asyncio.run(run_all(endpoints.kubeconfig, Path(tmp), args))
         finally:
             plane.stop()
+            if args.logs:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for log in Path(tmp).glob("operator-*.log"):
+                    shutil.copy(log, args.logs / log.name)
 
 
 if __name__ == "__main__":
