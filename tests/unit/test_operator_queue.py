@@ -82,6 +82,28 @@ async def test_retry_after_delay_and_failure_does_not_kill_worker() -> None:
     assert queue.delayed == 0  # boom's slow retry was cancelled with the workers
 
 
+async def test_urgent_keys_run_first_and_a_promoted_key_runs_once() -> None:
+    calls: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(key: str) -> float | None:
+        calls.append(key)
+        if len(calls) == 5:
+            done.set()
+        return None
+
+    queue: WorkQueue[str] = WorkQueue(handler, workers=1)
+    for key in ("settled-1", "settled-2", "new-1", "settled-3"):
+        queue.add(key)
+    queue.add("new-1", urgent=True)  # queued already: promoted
+    queue.add("new-2", urgent=True)
+    queue.add("new-2", urgent=True)  # idempotent
+    await _run_until(queue, done)
+    # a second run of the promoted key would come before settled-3
+    assert calls == ["new-1", "new-2", "settled-1", "settled-2", "settled-3"]
+    assert len(queue) == 0
+
+
 async def test_add_after_keeps_the_earlier_deadline() -> None:
     calls: list[str] = []
     done = asyncio.Event()

@@ -34,12 +34,14 @@ class LeaderElector:
         name: str,
         identity: str,
         duration: int = 15,
+        retry: float = 2.0,
     ) -> None:
         self.client = client
         self.namespace = namespace
         self.name = name
         self.identity = identity
         self.duration = duration
+        self.retry = retry
         self.url = kube.path("coordination.k8s.io", "v1", "leases", namespace=namespace, name=name)
         self.collection = kube.path("coordination.k8s.io", "v1", "leases", namespace=namespace)
 
@@ -82,9 +84,22 @@ class LeaderElector:
         log.info("acquired lease=%s/%s identity=%s", self.namespace, self.name, self.identity)
         return True
 
-    async def acquire(self, poll: float = 2.0) -> None:
-        """Wait until this replica leads. Unbounded on purpose: a standby waits for as long as
-        the leader lives; each iteration is bounded and logged at DEBUG."""
+    async def _vacate(self, state: plan.LeaseState) -> None:
+        """No holder any more, if the Lease is still the version we read (else: Conflict)."""
+        await self.client.patch(
+            self.url,
+            {
+                "metadata": {"resourceVersion": state.resource_version},
+                "spec": {"holderIdentity": None},
+            },
+            kind="merge",
+        )
+
+    async def acquire(self, poll: float | None = None) -> None:
+        """Wait until this replica leads, trying every ``poll`` (default ``retry``) seconds.
+        Unbounded on purpose: a standby waits for as long as the leader lives; each iteration
+        is bounded and logged at DEBUG."""
+        poll = self.retry if poll is None else poll
         while True:
             try:
                 if await self.try_acquire():
@@ -111,11 +126,12 @@ class LeaderElector:
         await self.client.patch(self.url, patch, kind="merge")
 
     async def hold(self, stopped: Callable[[], bool] = lambda: False) -> None:
-        """Renew every duration/3 seconds; raise LeadershipLost when the last successful renewal
-        is older than 2/3 of the duration (client-go's renew deadline)."""
+        """Renew every ``retry`` seconds (client-go's RetryPeriod, 2 s); raise LeadershipLost
+        when the last successful renewal is older than 2/3 of the duration (client-go's renew
+        deadline, 10 s of 15)."""
         loop = asyncio.get_running_loop()
         last_ok = loop.time()
-        period, deadline = self.duration / 3, self.duration * 2 / 3
+        period, deadline = min(self.retry, self.duration / 3), self.duration * 2 / 3
         wait = period
         while not stopped():
             wake = loop.time() + wait
@@ -124,8 +140,10 @@ class LeaderElector:
             if stopped():
                 return
             try:
+                # an attempt may take until the deadline (client-go bounds the whole renewal by
+                # it): on a loaded API server one renewal can take longer than the period
                 remaining = deadline - (loop.time() - last_ok)
-                await asyncio.wait_for(self.renew(), timeout=max(min(period, remaining), 0.5))
+                await asyncio.wait_for(self.renew(), timeout=max(remaining, 0.5))
                 last_ok, wait = loop.time(), period
             except LeadershipLost:
                 metrics.LEADER.set(0)
@@ -144,13 +162,6 @@ class LeaderElector:
             _obj, state = await self._observe()
             if state is None or state.holder != self.identity:
                 return
-            await self.client.patch(
-                self.url,
-                {
-                    "metadata": {"resourceVersion": state.resource_version},
-                    "spec": {"holderIdentity": None},
-                },
-                kind="merge",
-            )
+            await self._vacate(state)
         except (TimeoutError, kube.ApiError, OSError) as exc:
             log.warning("lease release failed: %s", exc)

@@ -4,6 +4,8 @@ The shape of client-go's workqueue: a key waits at most once (a burst of events 
 becomes one reconcile), a key is never processed by two workers at once (an event that arrives
 while its key is being processed runs it once more afterwards), and a worker may ask for a key to
 come back after a delay (a retry, a slow sweep) without holding a worker while it waits.
+A key added as ``urgent`` (an object that waits for its first allocation) runs before the others:
+a new leader that inherits thousands of settled objects serves the new ones first.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class WorkQueue(Generic[K]):
         self._handler = handler
         self._workers = workers
         self._order: collections.deque[K] = collections.deque()
+        self._urgent: collections.deque[K] = collections.deque()
+        self._urgent_keys: set[K] = set()  # queued keys that have an entry in _urgent
         self._queued: set[K] = set()
         self._active: set[K] = set()
         self._again: set[K] = set()  # added while active: run once more when the worker is done
@@ -41,8 +45,9 @@ class WorkQueue(Generic[K]):
     def delayed(self) -> int:
         return len(self._timers)
 
-    def add(self, key: K) -> None:
-        """Run ``key`` soon. Idempotent while it waits; once more after a run in progress."""
+    def add(self, key: K, *, urgent: bool = False) -> None:
+        """Run ``key`` soon (``urgent``: before every key that is not). Idempotent while it
+        waits; once more after a run in progress."""
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -50,8 +55,13 @@ class WorkQueue(Generic[K]):
             self._again.add(key)
         elif key not in self._queued:
             self._queued.add(key)
-            self._order.append(key)
+            (self._urgent if urgent else self._order).append(key)
+            if urgent:
+                self._urgent_keys.add(key)
             self._ready.set()
+        elif urgent and key not in self._urgent_keys:
+            self._urgent.append(key)  # promoted: its entry in _order is skipped later
+            self._urgent_keys.add(key)
 
     def add_after(self, key: K, delay: float) -> None:
         """Run ``key`` in ``delay`` seconds, unless an earlier run is already planned."""
@@ -84,12 +94,15 @@ class WorkQueue(Generic[K]):
         self.add(key)
 
     async def _next(self) -> K:
-        while not self._order:
-            self._ready.clear()
-            await self._ready.wait()
-        key = self._order.popleft()
-        self._queued.discard(key)
-        return key
+        while True:
+            while not (self._urgent or self._order):
+                self._ready.clear()
+                await self._ready.wait()
+            key = (self._urgent or self._order).popleft()
+            if key in self._queued:  # else: a promoted key's second entry, already run
+                self._queued.discard(key)
+                self._urgent_keys.discard(key)
+                return key
 
     async def _work(self) -> None:
         while True:

@@ -39,9 +39,12 @@ def operator_settings(identity: str) -> kopf.OperatorSettings:
     settings.posting.reporting_component = "voile-operator"
     settings.posting.reporting_instance = identity
     settings.posting.event_name_prefix = "voile-operator-"
-    # One worker per object; bounded well above the acceptance load (300 objects at once).
-    settings.queueing.worker_limit = 1000
-    settings.queueing.idle_timeout = 10.0
+    # One worker per object with events, gone after 2 s without any. Not limited (kopf's
+    # default): with a limit, the objects beyond it wait until a worker idles out, so a start
+    # with 2,500 Endpoints against a limit of 1,000 and 10 s idling took more than 10 s before
+    # the last ones (and every handler, kopf calls none before all are indexed) were seen.
+    settings.queueing.worker_limit = None
+    settings.queueing.idle_timeout = 2.0
     settings.queueing.error_delays = (1, 1, 2, 3, 5, 8)
     # Watches: server-side timeout with a client-side margin, reconnect quickly.
     settings.watching.server_timeout = 300
