@@ -18,7 +18,7 @@ from voile.api import constants as c
 from voile.api.conditions import Condition
 from voile.api.model import Endpoint
 from voile.errors import DatapathError, PlumbingError
-from voile_agent.controller.reconcile import WAITING_QUIET, Reconciler
+from voile_agent.controller.reconcile import WAITING_QUIET, WRITTEN_TTL, Reconciler
 from voile_agent.datapath.base import Observed
 from voile_agent.datapath.null import NullDatapath
 from voile_agent.planning import state
@@ -399,10 +399,12 @@ async def test_a_refused_endpoint_reports_its_reason_and_others_go_on(host: Host
 
 
 async def test_a_conflict_on_the_finalizer_holds_the_endpoint_without_removing_it(
-    host: Host,
+    host: Host, clock: Clock
 ) -> None:
     host.api.put(raw("web", ip="198.19.1.2"))
     await host.agent.run_pass(verify=False)
+    host.api.objects["web"]["metadata"]["finalizers"] = []  # someone took it off
+    clock.now += WRITTEN_TTL
 
     async def conflict(ep: Endpoint) -> bool:
         from voile import kube
@@ -412,3 +414,19 @@ async def test_a_conflict_on_the_finalizer_holds_the_endpoint_without_removing_i
     host.api.add_finalizer = conflict  # type: ignore[method-assign]
     result = await host.agent.run_pass(verify=False)
     assert result.retry and host.dp.detached == [] and len(host.dp.ports) == 1
+
+
+async def test_a_finalizer_just_added_is_not_applied_again_while_the_cache_lags(
+    host: Host, clock: Clock
+) -> None:
+    host.api.put(raw("web"))
+    await host.agent.run_pass(verify=False)
+    stale = raw("web")  # the watch cache still shows the version before the finalizer
+    host.api.put(stale)
+    await host.agent.run_pass(verify=False)
+    assert host.api.writes == [("finalizer+", "web")]
+    clock.now += WRITTEN_TTL
+    host.api.put(raw("web"))
+    await host.agent.run_pass(verify=False)
+    added = [w for w in host.api.writes if w[0] == "finalizer+"]
+    assert added == [("finalizer+", "web")] * 2, "then it is applied again"

@@ -228,7 +228,7 @@ class Informer(Generic[T]):
                 log.debug("watch expired, listing again informer=%s", self.name)
             except Exception as exc:
                 log.warning(
-                    "watch failed informer=%s error=%s retry_in=%.1fs", self.name, exc, backoff
+                    "watch failed informer=%s error=%r retry_in=%.1fs", self.name, exc, backoff
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)

@@ -78,7 +78,7 @@ WRITES_AT_ONCE = 16  # API writes of one step in flight together (a burst: one r
 WRITTEN_TTL = 15.0  # seconds a status write is trusted while the watch cache catches up
 # Seconds an Endpoint without any Allocated condition waits before the agent says in Ready that
 # it waits for the operator (in a burst the operator allocates most before then).
-WAITING_QUIET = 10.0
+WAITING_QUIET = 15.0
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -177,6 +177,9 @@ class Reconciler:
         # up yet does not make every pass write it again (or flip Ready back to the Pending of
         # the announcement): under load that was five status writes per Endpoint.
         self._written: dict[str, tuple[float, str | None, Condition]] = {}
+        # When the finalizer was last added per uid: while the watch cache has not caught up,
+        # it is not applied again (under load that was one more write per Endpoint and pass).
+        self._finalizer_added: dict[str, float] = {}
         # When this agent first saw each waiting Endpoint (uid), for WAITING_QUIET.
         self._waiting_since: dict[str, float] = {}
         # The resourceVersion last reported invalid per uid (reported once per version).
@@ -255,12 +258,23 @@ class Reconciler:
         return False
 
     async def _finalized(self, ep: Endpoint, result: PassResult) -> bool:
+        now = self.clock()
+        if c.AGENT_FINALIZER in ep.finalizers:
+            self._finalizer_added.pop(ep.uid, None)
+            return True
+        if now - self._finalizer_added.get(ep.uid, -WRITTEN_TTL) < WRITTEN_TTL:
+            return True  # added a moment ago; the watch has not shown it yet
         try:
             await self.writer.add_finalizer(ep)
         except kube.ApiError as exc:
             log.info("finalizer not added yet endpoint=%s error=%s", ep.key, exc)
             result.retry = True
             return False
+        if len(self._finalizer_added) > 4096:
+            self._finalizer_added = {
+                k: t for k, t in self._finalizer_added.items() if now - t < WRITTEN_TTL
+            }
+        self._finalizer_added[ep.uid] = now
         return True
 
     def _wrote(self, ep: Endpoint, vtep: str | None, cond: Condition) -> None:
