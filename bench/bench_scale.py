@@ -451,14 +451,14 @@ async def churn(
             },
         }
         async with sem:
-            with contextlib.suppress(kube.ApiError):
+            with contextlib.suppress(kube.ApiError, TimeoutError, OSError):
                 await client.patch(
                     f"{url}/{name}/status", body, kind="apply", field_manager="bench-scale"
                 )
 
     async def remove(name: str) -> None:
         async with sem:
-            with contextlib.suppress(kube.ApiError):
+            with contextlib.suppress(kube.ApiError, TimeoutError, OSError):
                 await client.delete(f"{url}/{name}")
 
     def agents_cpu() -> float:
@@ -568,6 +568,8 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
     print(f"load average before        {load_average()}", flush=True)
     try:
         if args.ovs_hosts:
+            # the lab's operator reads its lease duration from the environment (see operator_argv)
+            os.environ.setdefault("VOILE_LEASE_DURATION", "60")
             lab = Lab(tmp / "lab", run_id=f"sc{octet}", underlay_octet=octet)
             lab.up(hosts=args.ovs_hosts)
             kubeconfig = lab.kubeconfig
