@@ -21,6 +21,7 @@ from voile.api import conditions
 from voile.api import constants as c
 from voile.api.conditions import Condition
 from voile.api.model import Endpoint
+from voile_agent.planning.model import Invalid
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,24 @@ class KubeWriter:
             cond.status.value,
             cond.reason,
         )
+        return True
+
+    async def write_invalid(self, obj: Invalid, cond: Condition) -> bool:
+        """Apply the Ready condition of an Endpoint the agent cannot parse (only its name is
+        known). Idempotent. False when the Endpoint is gone."""
+        body = {
+            "apiVersion": c.API_VERSION,
+            "kind": c.ENDPOINT,
+            "metadata": {"name": obj.name, "namespace": obj.namespace},
+            "status": {"conditions": [cond.to_api(now=clock.now_rfc3339())]},
+        }
+        try:
+            await self.client.patch(
+                endpoint_path(obj.namespace, obj.name, "status"), body, kind="apply"
+            )
+        except kube.NotFound:
+            return False
+        log.warning("invalid endpoint reported endpoint=%s error=%s", obj.key, obj.error)
         return True
 
     async def heartbeat(

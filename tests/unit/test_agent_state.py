@@ -10,7 +10,7 @@ import pytest
 
 from voile.api import conditions, naming
 from voile.api import constants as c
-from voile.api.model import Endpoint, TargetKind
+from voile.api.model import Endpoint, TargetKind, parse_overlay_network
 from voile_agent.datapath.ovs.model import (
     OWNER_KEY,
     OWNER_VALUE,
@@ -118,7 +118,7 @@ def network(status: dict[str, Any] | None, spec: dict[str, Any] | None = None) -
 def test_segment_needs_a_settled_vni(
     status: dict[str, Any], spec: dict[str, Any] | None, vni: int | None, mtu: int | None
 ) -> None:
-    info = state.segment(network(status, spec))
+    info = state.segment(parse_overlay_network(network(status, spec)))
     if vni is None:
         assert info is None
     else:
