@@ -13,14 +13,14 @@ An object that fails to parse is reported (a WARNING once per resourceVersion, t
 object's condition); its last parsed version, if any, stays in the store: a bad write is not
 read as the object going away, so nothing is unplumbed because of it.
 
-``Informer`` runs the list and the watch. Watches resume from the last resourceVersion
-(bookmarks keep it fresh), also after a failure: ``restart_after`` decides. A connection that failed (``kube.Unreachable``: refused, reset, cut
-mid-stream, timed out) or an API server that answered "try later" (429, 5xx) said nothing about
-the resourceVersion, so the watch is opened again from it after a bounded backoff, and nothing
-is listed. Only a 410 Gone (the resourceVersion is older than the server's watch window, e.g.
-after a kube-apiserver restart, whose watch cache starts at etcd's current revision) or an answer
-that something else changed (403 after an RBAC change, 404 after a CRD re-install) lists again,
-as client-go's reflector and kopf do.
+``Informer`` runs the list and the watch. Watches resume from the last resourceVersion (bookmarks
+keep it fresh), also after a failure: ``restart_after`` decides. A connection that failed
+(``kube.Unreachable``: refused, reset, cut mid-stream, timed out) or an API server that answered
+"try later" (429, 5xx) said nothing about the resourceVersion, so the watch is opened again from it
+after a bounded backoff, and nothing is listed. Only a 410 Gone (the resourceVersion is older than
+the server's watch window, e.g. after a kube-apiserver restart, whose watch cache starts at etcd's
+current revision) or an answer that something else changed (403 after an RBAC change, 404 after a
+CRD re-install) lists again, as client-go's reflector and kopf do.
 """
 
 from __future__ import annotations
