@@ -76,8 +76,12 @@ def test_a_remote_change_forwarding_does_not_use_wakes_nothing(path: str, value:
         ("status.vni", 101),
         ("spec.node", "host-3"),
         ("metadata.deletionTimestamp", "2026-01-01T00:00:00Z"),
+        (
+            "status.conditions",
+            [{"type": "Ready", "status": "Unknown", "reason": "NodeLost", "message": "lost"}],
+        ),
     ],
-    ids=["ip", "mac", "vtep", "vni", "node", "deleting"],
+    ids=["ip", "mac", "vtep", "vni", "node", "deleting", "node-lost"],
 )
 def test_a_remote_change_forwarding_uses_wakes(path: str, value: Any) -> None:
     cache = remote_cache()
