@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from voile.api import constants as c
 from voile.api.model import Endpoint, OverlayNetwork, parse_endpoint, parse_overlay_network
 from voile_agent import metrics
 from voile_agent.controller.informer import Cache
@@ -98,6 +99,17 @@ def test_presence_matters_only_once_a_peer_can_forward_to_it() -> None:
     assert cache.apply("DELETED", endpoint()) is True
     assert cache.values() == []
     assert cache.apply("DELETED", endpoint("never-seen")) is False
+
+
+def test_the_vtep_announced_with_the_finalizer_wakes_only_until_status_has_one() -> None:
+    cache = remote_cache()
+    bare = endpoint()
+    del bare["status"]["vtep"]
+    assert cache.apply("ADDED", bare) is False, "no VTEP yet: the same as absent"
+    vtep = {c.ANNOTATION_VTEP: "198.18.0.2"}
+    assert cache.apply("MODIFIED", changed(bare, "metadata.annotations", vtep)) is True
+    reported = changed(changed(bare, "metadata.annotations", vtep), "status.vtep", "198.18.0.2")
+    assert cache.apply("MODIFIED", reported) is False, "the same VTEP, now reported"
 
 
 def test_without_a_projection_every_event_wakes() -> None:

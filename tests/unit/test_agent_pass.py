@@ -114,11 +114,12 @@ class FakeApi:
         return self.synced
 
     # Writer
-    async def add_finalizer(self, ep: Endpoint) -> bool:
+    async def add_finalizer(self, ep: Endpoint, *, vtep: str) -> bool:
         meta = self.objects[ep.name]["metadata"]
         if c.AGENT_FINALIZER in meta.setdefault("finalizers", []):
             return False
         meta["finalizers"].append(c.AGENT_FINALIZER)
+        meta.setdefault("annotations", {})[c.ANNOTATION_VTEP] = vtep
         self.writes.append(("finalizer+", ep.name))
         return True
 
@@ -447,7 +448,7 @@ async def test_a_conflict_on_the_finalizer_holds_the_endpoint_without_removing_i
     host.api.objects["web"]["metadata"]["finalizers"] = []  # someone took it off
     clock.now += WRITTEN_TTL
 
-    async def conflict(ep: Endpoint) -> bool:
+    async def conflict(ep: Endpoint, *, vtep: str) -> bool:
         from voile import kube
 
         raise kube.Conflict(409, "Conflict", "the object has been modified")
@@ -455,6 +456,16 @@ async def test_a_conflict_on_the_finalizer_holds_the_endpoint_without_removing_i
     host.api.add_finalizer = conflict  # type: ignore[method-assign]
     result = await host.agent.run_pass(verify=False)
     assert result.retry and host.dp.detached == [] and len(host.dp.ports) == 1
+
+
+async def test_the_finalizer_announces_the_hosts_vtep_before_anything_is_plumbed(
+    host: Host,
+) -> None:
+    host.api.put(raw("web"))  # not allocated yet: nothing to plumb
+    await host.agent.run_pass(verify=False)
+    meta = host.api.objects["web"]["metadata"]
+    assert host.dp.ports == {} and host.api.writes == [("finalizer+", "web")]
+    assert meta["annotations"][c.ANNOTATION_VTEP] == str(host.agent.vtep)
 
 
 async def test_a_finalizer_just_added_is_not_applied_again_while_the_cache_lags(

@@ -10,9 +10,10 @@
     8. report     vtep and Ready of each local Endpoint, only when it changed; a local
                   Endpoint that does not parse gets Ready=False reason InvalidSpec
 
-The agent's writes per new Endpoint are two: its finalizer (step 3) and one status write with
-``status.vtep`` and ``Ready`` once the Endpoint is plumbed (step 8, in the same pass as the
-plumbing, so the other hosts learn the VTEP when the Endpoint starts forwarding). While an
+The agent's writes per new Endpoint are two: its finalizer, which also announces the host's
+VTEP (annotation ``voile.dev/vtep``, step 3, before anything is plumbed: the other hosts
+program their way to the Endpoint while it is being plumbed, so its first packet has a way
+back), and one status write with ``status.vtep`` and ``Ready`` once it is plumbed (step 8). While an
 Endpoint waits for its allocation the agent writes nothing the operator's ``Allocated``
 condition already says (``Reconciler.report_waiting``).
 
@@ -100,7 +101,7 @@ async def each(
 
 
 class Writer(Protocol):
-    async def add_finalizer(self, ep: Endpoint) -> bool: ...
+    async def add_finalizer(self, ep: Endpoint, *, vtep: str) -> bool: ...
 
     async def remove_finalizer(self, ep: Endpoint) -> bool: ...
 
@@ -265,7 +266,7 @@ class Reconciler:
         if now - self._finalizer_added.get(ep.uid, -WRITTEN_TTL) < WRITTEN_TTL:
             return True  # added a moment ago; the watch has not shown it yet
         try:
-            await self.writer.add_finalizer(ep)
+            await self.writer.add_finalizer(ep, vtep=str(self.vtep))
         except kube.ApiError as exc:
             log.info("finalizer not added yet endpoint=%s error=%s", ep.key, exc)
             result.retry = True

@@ -135,10 +135,11 @@ def remote_endpoint(
     st = ep.status
     seg = segs.get(ep.spec.network)
     vni = seg.vni if seg else st.vni
-    if st.ip is None or st.vtep is None or st.mac is None or vni is None:
+    vtep = ep.vtep
+    if st.ip is None or vtep is None or st.mac is None or vni is None:
         return None
     return RemoteEndpoint(
-        uid=ep.uid, network=ep.spec.network, vni=vni, ip=st.ip, mac=st.mac, vtep=st.vtep
+        uid=ep.uid, network=ep.spec.network, vni=vni, ip=st.ip, mac=st.mac, vtep=vtep
     )
 
 
@@ -160,8 +161,8 @@ class Forwarding:
 def forwarding(ep: Endpoint) -> Forwarding | None:
     """None for an Endpoint no peer can forward to (no address, MAC or VTEP yet, being deleted,
     or its node lost): to the plan it is the same as absent (``remote_endpoint``)."""
-    st = ep.status
-    if ep.deleting or node_lost(ep) or st.ip is None or st.mac is None or st.vtep is None:
+    st, vtep = ep.status, ep.vtep
+    if ep.deleting or node_lost(ep) or st.ip is None or st.mac is None or vtep is None:
         return None
     return Forwarding(
         uid=ep.uid,
@@ -170,7 +171,7 @@ def forwarding(ep: Endpoint) -> Forwarding | None:
         vni=st.vni,
         ip=st.ip,
         mac=st.mac,
-        vtep=st.vtep,
+        vtep=vtep,
     )
 
 
