@@ -12,7 +12,12 @@ control plane and the agents' own work are measured. One run reports:
 - the baseline in the same run: the raw create rate of the same API server for a concurrent
   client (16 at a time, ConfigMaps of Endpoint size, nothing watching them), and the ratio of
   the operator's allocations/s to it;
-- deletion of everything: time until no Endpoint is left, leaked claims, duplicate addresses.
+- agent CPU per remote Endpoint change: after everything is Ready, ``--churn`` Endpoints get a
+  status change no datapath depends on (a condition of the bench's own field manager, as the
+  operator's health conditions are) and then the same number get one that peers must forward on
+  (the Endpoint is deleted); the agents' CPU in each phase over the changes;
+- deletion of everything: time until no Endpoint is left, leaked claims, duplicate addresses;
+- the load average before and after (the machine is shared: say how loaded it was).
 
 Bounded: E <= 12,000, hosts <= 120, every wait has a deadline (``--timeout``, default 600 s).
 Run as root (OVS hosts), e.g.:
@@ -47,13 +52,12 @@ from voile.controlplane import ControlPlane
 from voile.crds import install_crds
 from voile.lab.host import add_netns, del_netns
 from voile.lab.lab import Lab
-from voile.lab.measure import first_ping, percentile
+from voile.lab.measure import first_ping, free_octet, percentile
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
 NS = "bench-scale"
 BASELINE_CONCURRENCY = 16
-OCTETS = range(40, 50)  # this bench's underlays: 198.18.40-49.0/24 (see docs/scale.md)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -99,6 +103,9 @@ def operator_argv(kubeconfig: Path) -> list[str]:
         "--id", "bench-scale",
         "--metrics-port", "0",
         "--gc-interval", "60",
+        # a loaded shared machine can hold a renewal past the default deadline; the operator
+        # then stops (as designed) and the run measures nothing
+        "--lease-duration", "60",
         "--log-level", "info",
     ]  # fmt: skip
 
@@ -204,6 +211,10 @@ async def raw_baseline(client: kube.KubeClient, count: int) -> float:
     return rate
 
 
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def condition(obj: dict[str, Any], kind: str) -> str | None:
     for cond in (obj.get("status") or {}).get("conditions") or ():
         if cond.get("type") == kind:
@@ -254,7 +265,9 @@ class Run:
             name = f"ep-{i:05d}"
             netns = ping_targets.get(name)
             node = self.nodes[i % len(self.nodes)]
-            net = networks[0] if netns else networks[i % len(networks)]
+            # every host gets Endpoints of every network (host i % H, network (i // H) % M),
+            # so each agent watches all networks and each change reaches every other host
+            net = networks[0] if netns else networks[(i // len(self.nodes)) % len(networks)]
             if period:
                 await asyncio.sleep(max(0.0, t0 + i * period - time.monotonic()))
             async with sem:
@@ -264,18 +277,29 @@ class Run:
         await asyncio.gather(*(one(i) for i in range(self.args.endpoints)))
 
 
-def ping_sampler(run: Run, probe: str, targets: dict[str, str], limit: float) -> threading.Thread:
-    def work() -> None:
-        for name, netns in targets.items():
-            while name not in run.created:
-                time.sleep(0.01)
-            took = first_ping(netns, probe, limit)
-            if took is not None:
-                run.pinged[name] = time.monotonic() - run.created[name]
+def ping_sampler(
+    run: Run, probe: str, targets: dict[str, str], limit: float
+) -> list[threading.Thread]:
+    """One thread per sampled Endpoint (so that a slow one does not delay the next one's
+    measurement): from its creation, ping the probe every 50 ms until the first reply."""
 
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    return thread
+    def work(name: str, netns: str) -> None:
+        deadline = time.monotonic() + limit + 600
+        while name not in run.created and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if name not in run.created:
+            return
+        took = first_ping(netns, probe, limit)
+        if took is not None:
+            run.pinged[name] = time.monotonic() - run.created[name]
+
+    threads = [
+        threading.Thread(target=work, args=(name, netns), daemon=True)
+        for name, netns in targets.items()
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
 
 
 def dist(label: str, values: list[float], total: int) -> None:
@@ -326,7 +350,7 @@ async def measure(
         stop = asyncio.Event()
         watcher = asyncio.create_task(run.watch(client, stop))
         await asyncio.sleep(1)
-        pinger = ping_sampler(run, probe[1], ping_targets, 30.0) if probe else None
+        pingers = ping_sampler(run, probe[1], ping_targets, 30.0) if probe else []
         t0 = time.monotonic()
         await run.create_all(client, networks, ping_targets)
         created_in = time.monotonic() - t0
@@ -335,7 +359,7 @@ async def measure(
         while time.monotonic() < deadline and len(goal) < args.endpoints:  # noqa: ASYNC110
             await asyncio.sleep(0.5)
         all_ready = time.monotonic() - t0
-        if pinger:
+        for pinger in pingers:
             await asyncio.to_thread(pinger.join, 60)
         after = await request_counts(client)
         after_stats = {k: proc_stats(p) for k, p in pids.items()}
@@ -392,9 +416,76 @@ async def measure(
             f" s; peak RSS mean {sum(rss) / len(rss):6.1f} MB max {max(rss):6.1f} MB"
         )
     print(f"duplicate addresses        {len(duplicates)}", flush=True)
+    if agents and args.churn:
+        await churn(kubeconfig, sorted(run.ready)[: args.churn], pids, agents, len(nodes))
     deleted_in, left, claims = await delete_all(kubeconfig, args.timeout)
     print(f"delete all: {deleted_in:6.1f} s; left {left} endpoints, {claims} leaked claims")
     return 0 if not duplicates and not claims else 1
+
+
+async def churn(
+    kubeconfig: Path, names: list[str], pids: dict[str, int], agents: list[str], hosts: int
+) -> None:
+    """Agent CPU per remote Endpoint change: first a status condition no forwarding depends on
+    (``BenchTouched``, the bench's own field manager, like the operator's health conditions),
+    then deletion of the same Endpoints (every peer must stop forwarding to them). Each
+    phase waits until the agents' CPU has been quiet for 2 s (at most 60 s)."""
+    url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=NS)
+    sem = asyncio.Semaphore(16)
+
+    async def touch(name: str) -> None:
+        body = {
+            "apiVersion": c.API_VERSION,
+            "kind": c.ENDPOINT,
+            "metadata": {"name": name, "namespace": NS},
+            "status": {
+                "conditions": [
+                    {
+                        "type": "BenchTouched",
+                        "status": "True",
+                        "reason": "Bench",
+                        "message": "a change no datapath depends on",
+                        "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    }
+                ]
+            },
+        }
+        async with sem:
+            with contextlib.suppress(kube.ApiError, TimeoutError, OSError):
+                await client.patch(
+                    f"{url}/{name}/status", body, kind="apply", field_manager="bench-scale"
+                )
+
+    async def remove(name: str) -> None:
+        async with sem:
+            with contextlib.suppress(kube.ApiError, TimeoutError, OSError):
+                await client.delete(f"{url}/{name}")
+
+    def agents_cpu() -> float:
+        return sum(proc_stats(pids[k])[0] for k in agents)
+
+    async def quiet() -> None:
+        last, t0 = agents_cpu(), time.monotonic()
+        while time.monotonic() - t0 < 60:
+            await asyncio.sleep(2)
+            now = agents_cpu()
+            if now - last < 0.02 * len(agents):
+                return
+            last = now
+
+    async with kube.KubeClient.from_config(str(kubeconfig)) as client:
+        await quiet()
+        for label, fn in (("irrelevant (condition)", touch), ("relevant (deletion)", remove)):
+            cpu0, t0 = agents_cpu(), time.monotonic()
+            await asyncio.gather(*(fn(n) for n in names))
+            await quiet()
+            cpu = agents_cpu() - cpu0  # idle work (heartbeats, timers) included
+            # every change reaches the agents of the other hosts that use the network
+            per = cpu / max(1, len(names)) / max(1, len(agents) - 1) * 1000
+            print(
+                f"agent CPU per remote change, {label:22}: {per:6.2f} ms "
+                f"({len(names)} changes, all agents {cpu:6.2f} s in {time.monotonic() - t0:.0f} s)"
+            )
 
 
 async def delete_all(kubeconfig: Path, timeout: float) -> tuple[float, int, int]:
@@ -434,18 +525,25 @@ def main() -> int:
     p.add_argument("--endpoints", type=int, default=1000)
     p.add_argument("--networks", type=int, default=10)
     p.add_argument("--rate", type=float, default=0.0, help="endpoints/s (0 = all at once)")
-    p.add_argument("--ping-sample", type=int, default=30)
+    p.add_argument(
+        "--ping-sample", type=int, default=30, help="Endpoints on OVS hosts pinged (<= 200)"
+    )
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument(
         "--no-agents",
         action="store_true",
         help="null hosts without agents: the operator's allocation alone (no Ready)",
     )
+    p.add_argument(
+        "--churn", type=int, default=200, help="Endpoints changed to measure agent CPU (0 = off)"
+    )
     p.add_argument("--log-dir", type=Path, default=None, help="keep the processes' logs here")
     args = p.parse_args()
     args.ovs_hosts = min(args.hosts, 10) if args.ovs_hosts is None else args.ovs_hosts
     if not (1 <= args.hosts <= 120 and 0 <= args.ovs_hosts <= min(10, args.hosts)):
         p.error("1 <= hosts <= 120 and 0 <= ovs-hosts <= min(10, hosts)")
+    if not 0 <= args.ping_sample <= 200:
+        p.error("0 <= ping-sample <= 200")
     if not 1 <= args.endpoints <= 12000 or not 1 <= args.networks <= 30:
         p.error("1 <= endpoints <= 12000, 1 <= networks <= 30")
     if args.ovs_hosts and os.geteuid() != 0:
@@ -466,9 +564,12 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
     ping_targets: dict[str, str] = {}
     probe: tuple[str, str] | None = None
     nodes: list[str] = []
+    octet = free_octet()
+    print(f"load average before        {load_average()}", flush=True)
     try:
         if args.ovs_hosts:
-            octet = next(o for o in OCTETS if not _octet_used(o))
+            # the lab's operator reads its lease duration from the environment (see operator_argv)
+            os.environ.setdefault("VOILE_LEASE_DURATION", "60")
             lab = Lab(tmp / "lab", run_id=f"sc{octet}", underlay_octet=octet)
             lab.up(hosts=args.ovs_hosts)
             kubeconfig = lab.kubeconfig
@@ -500,7 +601,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
                 continue
             state_dir = tmp / node
             state_dir.mkdir()
-            vtep = f"198.18.{OCTETS[-1]}.{k}"
+            vtep = f"198.18.{octet}.{k + 100}"
             pids[f"agent/{node}"] = procs.start(node, null_agent(kubeconfig, node, vtep, state_dir))
         if not args.no_agents:
             asyncio.run(_wait_agents(kubeconfig, nodes))
@@ -514,13 +615,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
             del_netns(netns)
         if plane is not None:
             plane.stop()
-
-
-def _octet_used(octet: int) -> bool:
-    out = subprocess.run(
-        ["ip", "-o", "-4", "addr", "show"], check=False, capture_output=True, text=True, timeout=10
-    )
-    return f" 198.18.{octet}." in out.stdout
+        print(f"load average after         {load_average()}", flush=True)
 
 
 async def _install(kubeconfig: Path) -> None:

@@ -21,6 +21,7 @@ from voile.api import conditions
 from voile.api import constants as c
 from voile.api.conditions import Condition
 from voile.api.model import Endpoint
+from voile_agent.planning.model import Invalid
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,17 @@ class KubeWriter:
         body = {"metadata": {"finalizers": finalizers, "resourceVersion": ep.resource_version}}
         await self.client.patch(endpoint_path(ep.namespace, ep.name), body)
 
-    async def add_finalizer(self, ep: Endpoint) -> bool:
-        """Add ``voile.dev/agent`` keeping every other finalizer. Idempotent; False if present."""
+    async def add_finalizer(self, ep: Endpoint, *, vtep: str) -> bool:
+        """Add ``voile.dev/agent`` keeping every other finalizer, and announce this host's VTEP
+        in the same write (annotation ``voile.dev/vtep``): the other hosts can forward to the
+        Endpoint before it is plumbed. Idempotent; False if present."""
         if c.AGENT_FINALIZER in ep.finalizers:
             return False
-        await self.apply_finalizer(ep)
+        await self.apply_finalizer(ep, vtep=vtep)
         log.info("finalizer added endpoint=%s", ep.key)
         return True
 
-    async def apply_finalizer(self, ep: Endpoint) -> None:
+    async def apply_finalizer(self, ep: Endpoint, *, vtep: str) -> None:
         """By server-side apply: ``metadata.finalizers`` is a set there, so the entry is the
         agent's alone and the operator adding its own at the same moment is no conflict (the
         resourceVersion-guarded merge patch lost that race for most new Endpoints). The uid
@@ -62,6 +65,7 @@ class KubeWriter:
                 "namespace": ep.namespace,
                 "uid": ep.uid,
                 "finalizers": [c.AGENT_FINALIZER],
+                "annotations": {c.ANNOTATION_VTEP: vtep},
             },
         }
         await self.client.patch(endpoint_path(ep.namespace, ep.name), document, kind="apply")
@@ -104,6 +108,24 @@ class KubeWriter:
             cond.status.value,
             cond.reason,
         )
+        return True
+
+    async def write_invalid(self, obj: Invalid, cond: Condition) -> bool:
+        """Apply the Ready condition of an Endpoint the agent cannot parse (only its name is
+        known). Idempotent. False when the Endpoint is gone."""
+        body = {
+            "apiVersion": c.API_VERSION,
+            "kind": c.ENDPOINT,
+            "metadata": {"name": obj.name, "namespace": obj.namespace},
+            "status": {"conditions": [cond.to_api(now=clock.now_rfc3339())]},
+        }
+        try:
+            await self.client.patch(
+                endpoint_path(obj.namespace, obj.name, "status"), body, kind="apply"
+            )
+        except kube.NotFound:
+            return False
+        log.warning("invalid endpoint reported endpoint=%s error=%s", obj.key, obj.error)
         return True
 
     async def heartbeat(

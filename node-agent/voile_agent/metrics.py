@@ -67,3 +67,19 @@ WATCH_RESTARTS = Counter(
     "watches resumed from their last resourceVersion after a connection failure (how=resume).",
     ["how"],
 )
+WATCH_EVENTS = Counter(
+    "voile_agent_watch_events_total",
+    "Watch events received, per informer (local-endpoints, remote-endpoints, networks, traces).",
+    ["informer"],
+)
+WATCH_WAKES = Counter(
+    "voile_agent_watch_wakes_total",
+    "Watch events (and re-lists) that woke the agent: for remote Endpoints and networks only "
+    "those that changed what the datapath plan uses.",
+    ["informer"],
+)
+INVALID_OBJECTS = Counter(
+    "voile_agent_invalid_objects_total",
+    "Watched objects (versions) that failed to parse; their last valid version is kept.",
+    ["informer"],
+)

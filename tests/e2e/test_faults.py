@@ -26,7 +26,7 @@ import pytest
 
 from tests import fuzzing
 from tests.catalogue import network
-from tests.e2e.labtools import kubectl
+from tests.e2e.labtools import kubectl, ping
 from voile import processes
 from voile.lab import cni, faults
 from voile.lab.host import del_netns
@@ -48,12 +48,25 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         kubectl(lab, "apply", "-f", "-", input=_network_yaml())
         for host in (1, 2, 3):
             lab.attach(f"host-{host}", f"f{host}", NETWORK)
+        _wait_converged(lab, ["f1", "f2", "f3"])
         yield lab
     finally:
         lab.down()
     assert not Path(lab.directory).exists()
     leftovers = [p.name for p in Path("/run/netns").glob("voile-fault*")]
     assert leftovers == [], f"lab down left namespaces: {leftovers}"
+
+
+def _wait_converged(lab: Lab, names: list[str], timeout: float = 30) -> None:
+    """Until every container answers every other: Ready says an Endpoint is plumbed on its own
+    host; the peers program their way to it in their next pass. The tests compare flows and
+    count losses from here."""
+    deadline = time.monotonic() + timeout
+    pairs = list(itertools.combinations(names, 2))
+    while pairs:
+        pairs = [(a, b) for a, b in pairs if not ping(lab, a, address(lab, b), count=1)]
+        if pairs and time.monotonic() > deadline:
+            raise AssertionError(f"no answer within {timeout:.0f}s between {pairs}")
 
 
 def _network_yaml() -> str:

@@ -19,7 +19,7 @@ import pytest
 
 from voile import kube
 from voile.controlplane import ControlPlane
-from voile_agent.controller.informer import Informer
+from voile_agent.controller.informer import Informer, Obj
 
 NAMESPACE = "watch-resume"
 CONFIGMAPS = kube.path("", "v1", "configmaps", namespace=NAMESPACE)
@@ -89,9 +89,14 @@ async def _counts(client: kube.KubeClient) -> tuple[int, int]:
     return _requests(text, "LIST"), _requests(text, "WATCH")
 
 
-async def _seen(informer: Informer, name: str, *, timeout: float) -> None:
+def _as_is(obj: Obj) -> Obj:
+    """A ConfigMap needs no model: the cache holds it as the API returned it."""
+    return obj
+
+
+async def _seen(informer: Informer[Obj], name: str, *, timeout: float) -> None:
     async def present() -> bool:
-        return f"{NAMESPACE}/{name}" in informer.store
+        return f"{NAMESPACE}/{name}" in informer.cache.objects
 
     await kube.wait_for(present, timeout=timeout, interval=0.1, what=f"{name} in the informer")
 
@@ -106,7 +111,9 @@ async def _resume_then_relist(plane: ControlPlane) -> None:
         await relay.open()
         through = kube.KubeClient.from_config(str(plane.kubeconfig))
         through.server = f"https://127.0.0.1:{relay.port}"
-        informer = Informer(through, CONFIGMAPS, on_change=lambda: None, name="test")
+        informer: Informer[Obj] = Informer(
+            through, CONFIGMAPS, parse=_as_is, on_change=lambda: None, name="test"
+        )
         informer.start()
         try:
             await asyncio.wait_for(informer.synced.wait(), 30)
@@ -146,7 +153,7 @@ async def _resume_then_relist(plane: ControlPlane) -> None:
             await _seen(informer, "after-restart", timeout=60)
             print(f"restart: informer lists {informer.lists} resumes {informer.resumes}")
             assert informer.lists == 2
-            names = {key.split("/", 1)[1] for key in informer.store}
+            names = {key.split("/", 1)[1] for key in informer.cache.objects}
             assert names == {"before", "during-cut", "after-cut", "after-restart"}
         finally:
             await informer.stop()

@@ -18,11 +18,11 @@ from voile.api import constants as c
 from voile.api.conditions import Condition
 from voile.api.model import Endpoint
 from voile.errors import DatapathError, PlumbingError
-from voile_agent.controller.reconcile import Reconciler
+from voile_agent.controller.reconcile import WAITING_QUIET, WRITTEN_TTL, Reconciler
 from voile_agent.datapath.base import Observed
 from voile_agent.datapath.null import NullDatapath
 from voile_agent.planning import state
-from voile_agent.planning.model import Attachment, HostPlan, Segment
+from voile_agent.planning.model import Attachment, HostPlan, Invalid, Segment
 
 NODE = "host-1"
 VTEP = "198.18.0.1"
@@ -73,6 +73,7 @@ class FakeApi:
         self.watched: set[str] = set()
         self.synced = True
         self.writes: list[tuple[str, str]] = []
+        self.invalid: list[Invalid] = []
 
     def put(self, obj: dict[str, Any]) -> None:
         self.objects[obj["metadata"]["name"]] = obj
@@ -97,6 +98,9 @@ class FakeApi:
     def local(self) -> Sequence[Endpoint]:
         return self._parsed(True)
 
+    def invalid_local(self) -> Sequence[Invalid]:
+        return list(self.invalid)
+
     def segments(self) -> dict[str, Segment]:
         return dict(self.segs)
 
@@ -110,11 +114,12 @@ class FakeApi:
         return self.synced
 
     # Writer
-    async def add_finalizer(self, ep: Endpoint) -> bool:
+    async def add_finalizer(self, ep: Endpoint, *, vtep: str) -> bool:
         meta = self.objects[ep.name]["metadata"]
         if c.AGENT_FINALIZER in meta.setdefault("finalizers", []):
             return False
         meta["finalizers"].append(c.AGENT_FINALIZER)
+        meta.setdefault("annotations", {})[c.ANNOTATION_VTEP] = vtep
         self.writes.append(("finalizer+", ep.name))
         return True
 
@@ -137,6 +142,10 @@ class FakeApi:
         self.writes.append((f"status {cond.reason}", ep.name))
         return True
 
+    async def write_invalid(self, obj: Invalid, cond: Condition) -> bool:
+        self.writes.append((f"status {cond.reason}", obj.name))
+        return True
+
     def ready(self, name: str) -> Condition | None:
         ep = state.parse(self.objects[name])
         assert ep is not None
@@ -152,11 +161,16 @@ class Datapath(NullDatapath):
         self.refuse: dict[str, PlumbingError] = {}
         self.attached: list[str] = []
         self.detached: list[str] = []
+        self.api: FakeApi | None = None
+        self.finalized_at_attach: list[bool] = []
 
     async def attach(self, attachment: Attachment) -> None:
         if attachment.name in self.refuse:
             raise self.refuse[attachment.name]
         self.attached.append(attachment.name)
+        if self.api is not None:
+            meta = self.api.objects[attachment.name]["metadata"]
+            self.finalized_at_attach.append(c.AGENT_FINALIZER in meta.get("finalizers", []))
         await super().attach(attachment)
 
     async def observe(self, *, wait_for: Collection[str] = (), timeout: float = 10.0) -> Observed:
@@ -176,10 +190,24 @@ class Host:
     agent: Reconciler
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def host() -> Host:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def host(clock: Clock) -> Host:
     api, dp = FakeApi(), Datapath()
-    return Host(api, dp, Reconciler(node=NODE, view=api, writer=api, datapath=dp))
+    dp.api = api
+    return Host(api, dp, Reconciler(node=NODE, view=api, writer=api, datapath=dp, clock=clock))
 
 
 def entries(plan: HostPlan | None) -> dict[str, Any]:
@@ -192,15 +220,14 @@ def entries(plan: HostPlan | None) -> dict[str, Any]:
     }
 
 
-async def test_a_new_endpoint_gets_finalizer_then_vtep_then_port_then_ready(host: Host) -> None:
+async def test_a_new_endpoint_gets_finalizer_then_port_then_vtep_and_ready_in_one_write(
+    host: Host,
+) -> None:
     host.api.put(raw("web", ip="198.19.1.2"))
     result = await host.agent.run_pass(verify=False)
     assert result.plumbed == 1 and not result.retry
-    assert host.api.writes == [
-        ("finalizer+", "web"),
-        ("status Pending", "web"),
-        ("status Ready", "web"),
-    ]
+    assert host.api.writes == [("finalizer+", "web"), ("status Ready", "web")]
+    assert host.dp.finalized_at_attach == [True], "the finalizer is on before plumbing"
     ready = host.api.ready("web")
     assert ready is not None and ready.is_true
     assert host.api.objects["web"]["status"]["vtep"] == VTEP
@@ -214,12 +241,65 @@ async def test_a_new_endpoint_gets_finalizer_then_vtep_then_port_then_ready(host
     assert host.dp.attached == ["web", "web"], "a verify pass plumbs everything again"
 
 
-async def test_unallocated_endpoints_wait_and_get_no_port(host: Host) -> None:
+async def test_unallocated_endpoints_wait_and_get_no_port(host: Host, clock: Clock) -> None:
     host.api.put(raw("web"))
     result = await host.agent.run_pass(verify=False)
     assert result.plumbed == 0 and host.dp.ports == {}
+    # Nobody has said anything yet: the operator gets WAITING_QUIET seconds before the agent
+    # writes that the Endpoint waits for it (in a burst the operator allocates most first).
+    assert host.api.writes == [("finalizer+", "web")] and result.retry
+    assert host.api.ready("web") is None
+    clock.now += WAITING_QUIET
+    await host.agent.run_pass(verify=False)
     ready = host.api.ready("web")
     assert ready is not None and ready.reason == c.Reason.WAITING_FOR_ALLOCATION.value
+
+
+async def test_what_the_operator_says_already_is_not_written_again(
+    host: Host, clock: Clock
+) -> None:
+    obj = raw("web")
+    obj["status"] = {"conditions": [
+        {"type": "Allocated", "status": "False", "reason": "PoolExhausted", "message": "full"}
+    ]}  # fmt: skip
+    host.api.put(obj)
+    await host.agent.run_pass(verify=False)
+    clock.now += 10 * WAITING_QUIET
+    result = await host.agent.run_pass(verify=False)
+    assert host.api.writes == [("finalizer+", "web")] and not result.retry
+    assert host.api.ready("web") is None
+
+
+async def test_an_endpoint_that_loses_its_allocation_shows_it_in_ready(host: Host) -> None:
+    host.api.put(raw("web", ip="198.19.1.2"))
+    await host.agent.run_pass(verify=False)
+    obj = raw("web")  # the operator took the address back (Allocated=False)
+    obj["metadata"]["finalizers"] = [c.AGENT_FINALIZER]
+    obj["status"] = {
+        "vtep": VTEP,
+        "conditions": [
+            {"type": "Allocated", "status": "False", "reason": "AddressTaken", "message": "x"},
+            *host.api.objects["web"]["status"]["conditions"][1:],
+        ],
+    }
+    host.api.put(obj)
+    await host.agent.run_pass(verify=False)
+    ready = host.api.ready("web")
+    assert ready is not None and ready.reason == c.Reason.WAITING_FOR_ALLOCATION.value
+    assert host.dp.ports == {}
+
+
+async def test_a_local_endpoint_that_does_not_parse_is_reported_once_per_version(
+    host: Host,
+) -> None:
+    bad = Invalid(namespace="default", name="odd", uid="uid-odd", resource_version="7", error="x")
+    host.api.invalid = [bad]
+    await host.agent.run_pass(verify=False)
+    await host.agent.run_pass(verify=False)
+    assert host.api.writes == [("status InvalidSpec", "odd")]
+    host.api.invalid = [dataclasses.replace(bad, resource_version="8")]
+    await host.agent.run_pass(verify=False)
+    assert host.api.writes == [("status InvalidSpec", "odd")] * 2
 
 
 async def test_remote_endpoints_appear_and_go(host: Host) -> None:
@@ -361,12 +441,14 @@ async def test_a_refused_endpoint_reports_its_reason_and_others_go_on(host: Host
 
 
 async def test_a_conflict_on_the_finalizer_holds_the_endpoint_without_removing_it(
-    host: Host,
+    host: Host, clock: Clock
 ) -> None:
     host.api.put(raw("web", ip="198.19.1.2"))
     await host.agent.run_pass(verify=False)
+    host.api.objects["web"]["metadata"]["finalizers"] = []  # someone took it off
+    clock.now += WRITTEN_TTL
 
-    async def conflict(ep: Endpoint) -> bool:
+    async def conflict(ep: Endpoint, *, vtep: str) -> bool:
         from voile import kube
 
         raise kube.Conflict(409, "Conflict", "the object has been modified")
@@ -374,3 +456,29 @@ async def test_a_conflict_on_the_finalizer_holds_the_endpoint_without_removing_i
     host.api.add_finalizer = conflict  # type: ignore[method-assign]
     result = await host.agent.run_pass(verify=False)
     assert result.retry and host.dp.detached == [] and len(host.dp.ports) == 1
+
+
+async def test_the_finalizer_announces_the_hosts_vtep_before_anything_is_plumbed(
+    host: Host,
+) -> None:
+    host.api.put(raw("web"))  # not allocated yet: nothing to plumb
+    await host.agent.run_pass(verify=False)
+    meta = host.api.objects["web"]["metadata"]
+    assert host.dp.ports == {} and host.api.writes == [("finalizer+", "web")]
+    assert meta["annotations"][c.ANNOTATION_VTEP] == str(host.agent.vtep)
+
+
+async def test_a_finalizer_just_added_is_not_applied_again_while_the_cache_lags(
+    host: Host, clock: Clock
+) -> None:
+    host.api.put(raw("web"))
+    await host.agent.run_pass(verify=False)
+    stale = raw("web")  # the watch cache still shows the version before the finalizer
+    host.api.put(stale)
+    await host.agent.run_pass(verify=False)
+    assert host.api.writes == [("finalizer+", "web")]
+    clock.now += WRITTEN_TTL
+    host.api.put(raw("web"))
+    await host.agent.run_pass(verify=False)
+    added = [w for w in host.api.writes if w[0] == "finalizer+"]
+    assert added == [("finalizer+", "web")] * 2, "then it is applied again"

@@ -10,7 +10,7 @@ import pytest
 
 from voile.api import conditions, naming
 from voile.api import constants as c
-from voile.api.model import Endpoint, TargetKind
+from voile.api.model import Endpoint, TargetKind, parse_overlay_network
 from voile_agent.datapath.ovs.model import (
     OWNER_KEY,
     OWNER_VALUE,
@@ -118,7 +118,7 @@ def network(status: dict[str, Any] | None, spec: dict[str, Any] | None = None) -
 def test_segment_needs_a_settled_vni(
     status: dict[str, Any], spec: dict[str, Any] | None, vni: int | None, mtu: int | None
 ) -> None:
-    info = state.segment(network(status, spec))
+    info = state.segment(parse_overlay_network(network(status, spec)))
     if vni is None:
         assert info is None
     else:
@@ -181,6 +181,28 @@ def test_remote_endpoints_need_ip_mac_vtep_and_life(obj: Endpoint, usable: bool)
     assert (r is not None) == usable
     if r is not None:
         assert r.vtep == ipaddress.IPv4Address("198.18.0.2") and r.mac == "0a:58:c6:13:00:05"
+
+
+def announced(vtep: str, status: dict[str, Any]) -> Endpoint:
+    """A remote Endpoint whose agent announced VTEP with its finalizer."""
+    obj = raw_endpoint(node="host-2", status=status)
+    obj["metadata"]["annotations"] = {c.ANNOTATION_VTEP: vtep}
+    ep = state.parse(obj)
+    assert ep is not None
+    return ep
+
+
+def test_the_vtep_announced_with_the_finalizer_is_enough_to_forward() -> None:
+    r = state.remote_endpoint(announced("198.18.0.2", ALLOCATED), {}, node="host-1")
+    assert r is not None and r.vtep == ipaddress.IPv4Address("198.18.0.2")
+    assert state.forwarding(announced("198.18.0.2", ALLOCATED)) is not None
+    assert state.remote_endpoint(announced("garbage", ALLOCATED), {}, node="host-1") is None
+
+
+def test_the_reported_vtep_wins_over_the_announced_one() -> None:
+    ep = announced("198.18.0.9", {**ALLOCATED, "vtep": "198.18.0.2"})
+    r = state.remote_endpoint(ep, {}, node="host-1")
+    assert r is not None and r.vtep == ipaddress.IPv4Address("198.18.0.2")
 
 
 @pytest.mark.parametrize(

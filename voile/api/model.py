@@ -286,10 +286,19 @@ class Endpoint:
     resource_version: str = ""
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # The VTEP the node's agent announced with its finalizer (annotation voile.dev/vtep), before
+    # it plumbed anything: peers can forward to the Endpoint from its first packet.
+    announced_vtep: ipaddress.IPv4Address | None = None
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def vtep(self) -> ipaddress.IPv4Address | None:
+        """Where the Endpoint is reached: the VTEP its agent reported in status (what it
+        realized), else the one it announced with its finalizer; None before either."""
+        return self.status.vtep or self.announced_vtep
 
 
 _ENDPOINT_SPEC_FIELDS = frozenset({"network", "node", "ip", "mac", "target"})
@@ -359,6 +368,7 @@ def parse_endpoint(obj: Raw) -> Endpoint:
     if obj.get("spec") is None:
         raise ValidationError("spec", "is required")
     status = obj.get("status") or {}
+    annotations = _string_map(meta.get("annotations"))
     return Endpoint(
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
@@ -370,7 +380,8 @@ def parse_endpoint(obj: Raw) -> Endpoint:
         finalizers=tuple(meta.get("finalizers") or ()),
         resource_version=str(meta.get("resourceVersion") or ""),
         labels=_string_map(meta.get("labels")),
-        annotations=_string_map(meta.get("annotations")),
+        annotations=annotations,
+        announced_vtep=_lenient_ip(annotations.get(c.ANNOTATION_VTEP)),
     )
 
 

@@ -4,7 +4,10 @@ Lease tells the operator the agent is alive, where its VTEP is and which datapat
 
 What it watches is only what the host needs: its own Endpoints (field selector ``spec.node``),
 the Endpoints of the networks present on the host (``spec.network``, one watch per network,
-started and stopped as local networks come and go), and the OverlayNetworks.
+started and stopped as local networks come and go), and the OverlayNetworks. Each object is
+parsed once, when its event arrives (``informer.Cache``); an event of this host's Endpoints
+always wakes a pass, one of another host's Endpoint or of a network only when it changed what
+the datapath plan uses (``state.forwarding``, ``state.segment``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from voile import kube
 from voile.api import constants as c
-from voile.api.model import Endpoint
+from voile.api.model import Endpoint, OverlayNetwork, parse_endpoint, parse_overlay_network
 from voile.errors import DatapathError
 from voile_agent import metrics
 from voile_agent.controller.informer import Informer
@@ -29,7 +32,7 @@ from voile_agent.controller.watchdog import Watchdog
 from voile_agent.datapath.base import Datapath
 from voile_agent.kubeapi import KubeWriter
 from voile_agent.planning import state
-from voile_agent.planning.model import Segment
+from voile_agent.planning.model import Invalid, Segment
 from voile_agent.planning.watchdog import Check
 
 log = logging.getLogger(__name__)
@@ -62,26 +65,31 @@ def _record(result: PassResult) -> None:
 class ApiView:
     """The pass's view of the API (``reconcile.View``): the informers' caches, parsed once."""
 
+    remote_informers: dict[str, Informer[Endpoint]]
+
     def __init__(self, client: kube.KubeClient, node: str, on_change: asyncio.Event) -> None:
         self.client = client
         self._wake = on_change
         # Also told when this host's Endpoints change (the local API's waiters).
         self.listeners: list[Callable[[], None]] = []
         ep_path = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS)
-        self.local_informer = Informer(
+        self.local_informer: Informer[Endpoint] = Informer(
             client,
             ep_path,
+            parse=parse_endpoint,
             on_change=self._local_changed,
             field_selector=f"spec.node={node}",
-            name="local-endpoints",
+            kind="local-endpoints",
         )
-        self.network_informer = Informer(
+        self.network_informer: Informer[OverlayNetwork] = Informer(
             client,
             kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS),
+            parse=parse_overlay_network,
+            project=state.segment,
             on_change=on_change.set,
-            name="networks",
+            kind="networks",
         )
-        self.remote_informers: dict[str, Informer] = {}
+        self.remote_informers = {}
 
     def _local_changed(self) -> None:
         self._wake.set()
@@ -97,24 +105,25 @@ class ApiView:
         self.network_informer.start()
 
     async def stop(self) -> None:
-        for informer in [
-            self.local_informer,
-            self.network_informer,
-            *self.remote_informers.values(),
-        ]:
+        await self.local_informer.stop()
+        await self.network_informer.stop()
+        for informer in self.remote_informers.values():
             await informer.stop()
 
     async def wait_synced(self) -> None:
         await asyncio.gather(self.local_informer.synced.wait(), self.network_informer.synced.wait())
 
     def local(self) -> list[Endpoint]:
-        return _parsed(self.local_informer)
+        return self.local_informer.items()
+
+    def invalid_local(self) -> list[Invalid]:
+        return self.local_informer.invalid
 
     def segments(self) -> dict[str, Segment]:
         return state.segments(self.network_informer.items())
 
     def remote(self) -> list[Endpoint]:
-        return [ep for informer in self.remote_informers.values() for ep in _parsed(informer)]
+        return [ep for informer in self.remote_informers.values() for ep in informer.items()]
 
     async def watch_networks(self, networks: Collection[str]) -> None:
         wanted = set(networks)
@@ -124,8 +133,11 @@ class ApiView:
             informer = Informer(
                 self.client,
                 kube.path(c.GROUP, c.VERSION, c.ENDPOINTS),
+                parse=parse_endpoint,
+                project=state.forwarding,
                 on_change=self._wake.set,
                 field_selector=f"spec.network={name}",
+                kind="remote-endpoints",
                 name=f"network-endpoints/{name}",
             )
             self.remote_informers[name] = informer
@@ -141,10 +153,6 @@ class ApiView:
             log.warning("remote endpoint watches not synced; keeping existing forwarding")
             return False
         return True
-
-
-def _parsed(informer: Informer) -> list[Endpoint]:
-    return [ep for ep in map(state.parse, informer.items()) if ep is not None]
 
 
 class Agent:

@@ -3,12 +3,19 @@
     1. host       the datapath's host-level pieces; the VTEP
     2. sort       local Endpoints into wanted (allocated), waiting and deleting
     3. finalize   our finalizer on every live local Endpoint, before anything is plumbed
-    4. announce   status.vtep of allocated Endpoints before plumbing (peers program towards us)
-    5. attach     plumb what the datapath does not hold yet, or everything on a verify pass
-    6. observe    the datapath as it is (a failed read aborts the pass: nothing is deleted)
-    7. program    the neutral plan from what is attached and the remote endpoints
-    8. prune      ports no live Endpoint wants, then the finalizers of deleted Endpoints
-    9. report     vtep and Ready of each local Endpoint, only when it changed
+    4. attach     plumb what the datapath does not hold yet, or everything on a verify pass
+    5. observe    the datapath as it is (a failed read aborts the pass: nothing is deleted)
+    6. program    the neutral plan from what is attached and the remote endpoints
+    7. prune      ports no live Endpoint wants, then the finalizers of deleted Endpoints
+    8. report     vtep and Ready of each local Endpoint, only when it changed; a local
+                  Endpoint that does not parse gets Ready=False reason InvalidSpec
+
+The agent's writes per new Endpoint are two: its finalizer, which also announces the host's
+VTEP (annotation ``voile.dev/vtep``, step 3, before anything is plumbed: the other hosts
+program their way to the Endpoint while it is being plumbed, so its first packet has a way
+back), and one status write with ``status.vtep`` and ``Ready`` once it is plumbed (step 8). While an
+Endpoint waits for its allocation the agent writes nothing the operator's ``Allocated``
+condition already says (``Reconciler.report_waiting``).
 
 Each step is idempotent, so a crash anywhere is repaired by the next pass. The pass sees the API
 through ``View`` (the watches' caches) and ``Writer``, and the datapath through
@@ -35,7 +42,7 @@ from voile.errors import DatapathError, PlumbingError
 from voile_agent.datapath.base import Datapath, Observed
 from voile_agent.planning import plan as planner
 from voile_agent.planning import state
-from voile_agent.planning.model import Attachment, HostPlan, RemoteEndpoint, Segment
+from voile_agent.planning.model import Attachment, HostPlan, Invalid, RemoteEndpoint, Segment
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,10 @@ class View(Protocol):
 
     def local(self) -> Sequence[Endpoint]:
         """This host's Endpoints."""
+        ...
+
+    def invalid_local(self) -> Sequence[Invalid]:
+        """This host's Endpoints whose last version does not parse."""
         ...
 
     def segments(self) -> dict[str, Segment]:
@@ -66,6 +77,9 @@ class View(Protocol):
 
 WRITES_AT_ONCE = 16  # API writes of one step in flight together (a burst: one round trip each)
 WRITTEN_TTL = 15.0  # seconds a status write is trusted while the watch cache catches up
+# Seconds an Endpoint without any Allocated condition waits before the agent says in Ready that
+# it waits for the operator (in a burst the operator allocates most before then).
+WAITING_QUIET = 15.0
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -87,11 +101,13 @@ async def each(
 
 
 class Writer(Protocol):
-    async def add_finalizer(self, ep: Endpoint) -> bool: ...
+    async def add_finalizer(self, ep: Endpoint, *, vtep: str) -> bool: ...
 
     async def remove_finalizer(self, ep: Endpoint) -> bool: ...
 
     async def write_status(self, ep: Endpoint, *, vtep: str | None, cond: Condition) -> bool: ...
+
+    async def write_invalid(self, obj: Invalid, cond: Condition) -> bool: ...
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -136,8 +152,17 @@ def sort_local(endpoints: Sequence[Endpoint], segments: dict[str, Segment]) -> W
 class Reconciler:
     """Runs passes for one host. ``run_pass`` is the whole of it; the steps are its methods."""
 
-    def __init__(self, *, node: str, view: View, writer: Writer, datapath: Datapath) -> None:
+    def __init__(
+        self,
+        *,
+        node: str,
+        view: View,
+        writer: Writer,
+        datapath: Datapath,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.node = node
+        self.clock = clock
         self.view = view
         self.writer = writer
         self.dp = datapath
@@ -153,6 +178,13 @@ class Reconciler:
         # up yet does not make every pass write it again (or flip Ready back to the Pending of
         # the announcement): under load that was five status writes per Endpoint.
         self._written: dict[str, tuple[float, str | None, Condition]] = {}
+        # When the finalizer was last added per uid: while the watch cache has not caught up,
+        # it is not applied again (under load that was one more write per Endpoint and pass).
+        self._finalizer_added: dict[str, float] = {}
+        # When this agent first saw each waiting Endpoint (uid), for WAITING_QUIET.
+        self._waiting_since: dict[str, float] = {}
+        # The resourceVersion last reported invalid per uid (reported once per version).
+        self._invalid_shown: dict[str, str] = {}
 
     async def run_pass(self, *, verify: bool) -> PassResult:
         """One pass. ``verify`` re-plumbs every attachment and compares every installed entry
@@ -164,7 +196,6 @@ class Reconciler:
         segments = self.view.segments()
         work = sort_local(self.view.local(), segments)
         await self.finalize(work, result)
-        await self.announce(work, str(vtep))
         before = await self.dp.observe()
         attached = await self.attach(work, before, result, verify=verify)
         await self.view.watch_networks({att.network for _, att in work.wanted})
@@ -186,6 +217,7 @@ class Reconciler:
         result.plumbed = len(ready)
         await self.prune(work, observed, result)
         await self.report(work, str(vtep), result)
+        await self.report_invalid(result)
         log.debug("pass done %s", result)
         return result
 
@@ -201,41 +233,50 @@ class Reconciler:
                 work.held.append(att)
         work.wanted = wanted
         done = await each(work.waiting, lambda pair: self._finalized(pair[0], result))
+        now = self.clock()
+        self._waiting_since = {
+            ep.uid: self._waiting_since.get(ep.uid, now) for ep, _ in work.waiting
+        }
         for (ep, waiting), ok in zip(work.waiting, done, strict=True):
-            if ok:
+            if ok and self.report_waiting(ep, now, result):
                 cond = state.ready(waiting.reason, waiting.message, ep.generation)
                 work.conditions.append((ep, cond))
 
+    def report_waiting(self, ep: Endpoint, now: float, result: PassResult) -> bool:
+        """Whether Ready should say that the Endpoint waits for its allocation. Always when
+        Ready shows something else (it was plumbed: the change must be seen). Otherwise not
+        while the operator's ``Allocated`` condition says so already (False, with its reason),
+        nor in the first WAITING_QUIET seconds of an Endpoint without one (the operator has not
+        looked yet): each would be a write per Endpoint that tells nobody anything new."""
+        if ep.status.condition(c.ConditionType.READY) is not None:
+            return True
+        allocated = ep.status.condition(c.ConditionType.ALLOCATED)
+        if allocated is not None:
+            return allocated.is_true  # allocated, yet not usable here: only the agent knows
+        if now - self._waiting_since.get(ep.uid, now) >= WAITING_QUIET:
+            return True
+        result.retry = True  # look again when the quiet time is over
+        return False
+
     async def _finalized(self, ep: Endpoint, result: PassResult) -> bool:
+        now = self.clock()
+        if c.AGENT_FINALIZER in ep.finalizers:
+            self._finalizer_added.pop(ep.uid, None)
+            return True
+        if now - self._finalizer_added.get(ep.uid, -WRITTEN_TTL) < WRITTEN_TTL:
+            return True  # added a moment ago; the watch has not shown it yet
         try:
-            await self.writer.add_finalizer(ep)
+            await self.writer.add_finalizer(ep, vtep=str(self.vtep))
         except kube.ApiError as exc:
             log.info("finalizer not added yet endpoint=%s error=%s", ep.key, exc)
             result.retry = True
             return False
+        if len(self._finalizer_added) > 4096:
+            self._finalizer_added = {
+                k: t for k, t in self._finalizer_added.items() if now - t < WRITTEN_TTL
+            }
+        self._finalizer_added[ep.uid] = now
         return True
-
-    async def announce(self, work: Work, vtep: str) -> None:
-        """Step 4: publish the VTEP of an allocated endpoint before plumbing it (Ready stays
-        False until it is plumbed), so the other hosts program their forwarding towards it
-        while it is being plumbed and its first packets find the way back. Written once."""
-
-        async def one(ep: Endpoint) -> None:
-            pending = state.ready(
-                c.Reason.PENDING.value, f"being plumbed on {self.node}", ep.generation
-            )
-            try:
-                await self.writer.write_status(ep, vtep=vtep, cond=pending)
-                self._wrote(ep, vtep, pending)
-            except kube.ApiError as exc:
-                log.info("vtep not announced yet endpoint=%s error=%s", ep.key, exc)
-
-        todo = [
-            ep
-            for ep, _ in work.wanted
-            if str(ep.status.vtep) != vtep and not self._recently(ep, vtep, None)
-        ]
-        await each(todo, one)
 
     def _wrote(self, ep: Endpoint, vtep: str | None, cond: Condition) -> None:
         now = time.monotonic()
@@ -364,3 +405,28 @@ class Reconciler:
                 result.retry = True
 
         await each(work.conditions, one)
+
+    async def report_invalid(self, result: PassResult) -> None:
+        """Ready=False reason InvalidSpec on each local Endpoint whose last version does not
+        parse, once per version (its last valid version, if any, stays plumbed)."""
+        todo = [
+            bad
+            for bad in self.view.invalid_local()
+            if self._invalid_shown.get(bad.uid) != bad.resource_version
+        ]
+
+        async def one(bad: Invalid) -> None:
+            message = f"{self.node}: the agent cannot read this Endpoint: {bad.error}"
+            cond = state.ready(c.Reason.INVALID_SPEC.value, message[:1024])
+            try:
+                await self.writer.write_invalid(bad, cond)
+            except kube.ApiError as exc:
+                log.info("invalid endpoint not reported endpoint=%s error=%s", bad.key, exc)
+                result.retry = True
+                return
+            self._invalid_shown[bad.uid] = bad.resource_version
+
+        await each(todo, one)
+        if len(self._invalid_shown) > 1024:
+            live = {bad.uid for bad in self.view.invalid_local()}
+            self._invalid_shown = {k: v for k, v in self._invalid_shown.items() if k in live}

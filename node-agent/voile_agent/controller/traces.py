@@ -30,6 +30,11 @@ def _path(name: str | None = None, subresource: str | None = None) -> str:
     return kube.path(c.GROUP, c.VERSION, TRACES, name=name, subresource=subresource)
 
 
+def _raw(obj: dict[str, Any]) -> dict[str, Any]:
+    """Traces are parsed where they are answered (``tr.parse_trace``): a bad one is logged there."""
+    return obj
+
+
 class TraceResponder:
     def __init__(self, client: kube.KubeClient, node: str, datapath: Datapath) -> None:
         self.client = client
@@ -41,8 +46,10 @@ class TraceResponder:
             Informer(
                 client,
                 _path(),
+                parse=_raw,
                 on_change=self._wake.set,
                 field_selector=f"spec.{side}={node}",
+                kind="traces",
                 name=f"traces/{side}",
             )
             for side in ("sourceNode", "destinationNode")

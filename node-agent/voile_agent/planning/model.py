@@ -108,3 +108,18 @@ class HostPlan:
             if seg.vni == vni:
                 return seg
         return None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Invalid:
+    """A watched object that does not parse (its name, which version, and why)."""
+
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    error: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"

@@ -8,6 +8,7 @@ the filesystem are done by the caller, which passes the resolved path in.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -17,9 +18,9 @@ from voile.api import constants as c
 from voile.api.conditions import Condition
 from voile.api.model import (
     Endpoint,
+    OverlayNetwork,
     overlay_mtu,
     parse_endpoint,
-    parse_overlay_network,
 )
 from voile.errors import ValidationError
 from voile_agent.planning.model import Attachment, RemoteEndpoint, Segment
@@ -27,14 +28,11 @@ from voile_agent.planning.model import Attachment, RemoteEndpoint, Segment
 Raw = Mapping[str, Any]
 
 
-def segment(obj: Raw) -> Segment | None:
+def segment(net: OverlayNetwork) -> Segment | None:
     """The datapath view of an OverlayNetwork, or None until the operator has settled its VNI.
+    Also what of a network the agent depends on: an event that leaves it equal wakes nothing.
 
     The MTU is the operator's (status.mtu); before it reports one, the shared MTU rule."""
-    try:
-        net = parse_overlay_network(obj)
-    except ValidationError:
-        return None
     if net.vni is None:
         return None
     return Segment(
@@ -46,10 +44,10 @@ def segment(obj: Raw) -> Segment | None:
     )
 
 
-def segments(objs: Iterable[Raw]) -> dict[str, Segment]:
+def segments(nets: Iterable[OverlayNetwork]) -> dict[str, Segment]:
     result = {}
-    for obj in objs:
-        seg = segment(obj)
+    for net in nets:
+        seg = segment(net)
         if seg is not None:
             result[seg.network] = seg
     return result
@@ -137,10 +135,43 @@ def remote_endpoint(
     st = ep.status
     seg = segs.get(ep.spec.network)
     vni = seg.vni if seg else st.vni
-    if st.ip is None or st.vtep is None or st.mac is None or vni is None:
+    vtep = ep.vtep
+    if st.ip is None or vtep is None or st.mac is None or vni is None:
         return None
     return RemoteEndpoint(
-        uid=ep.uid, network=ep.spec.network, vni=vni, ip=st.ip, mac=st.mac, vtep=st.vtep
+        uid=ep.uid, network=ep.spec.network, vni=vni, ip=st.ip, mac=st.mac, vtep=vtep
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Forwarding:
+    """What of an Endpoint the forwarding of the other hosts depends on: an event of another
+    host's Endpoint that leaves it equal (a condition, health, a timestamp, a label) wakes no
+    pass. It holds everything ``remote_endpoint`` reads."""
+
+    uid: str
+    node: str
+    network: str
+    vni: int | None
+    ip: ipaddress.IPv4Address
+    mac: str
+    vtep: ipaddress.IPv4Address
+
+
+def forwarding(ep: Endpoint) -> Forwarding | None:
+    """None for an Endpoint no peer can forward to (no address, MAC or VTEP yet, being deleted,
+    or its node lost): to the plan it is the same as absent (``remote_endpoint``)."""
+    st, vtep = ep.status, ep.vtep
+    if ep.deleting or node_lost(ep) or st.ip is None or st.mac is None or vtep is None:
+        return None
+    return Forwarding(
+        uid=ep.uid,
+        node=ep.spec.node,
+        network=ep.spec.network,
+        vni=st.vni,
+        ip=st.ip,
+        mac=st.mac,
+        vtep=vtep,
     )
 
 
