@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between claim collector rounds",
     )
     p.add_argument(
+        "--gc-full-every",
+        type=int,
+        default=int(_env("gc-full-every", "10") or 10),
+        help="every Nth collector round lists everything (the first always does); the others "
+        "read the watch caches and confirm each orphan by a GET of its owner",
+    )
+    p.add_argument(
         "--gc-grace",
         type=float,
         default=float(_env("gc-grace", "120") or 120),
@@ -160,7 +167,13 @@ async def _lead(args: argparse.Namespace, client: kube.KubeClient, elector: Lead
     stop_holding = threading.Event()
     holding = asyncio.create_task(asyncio.to_thread(_hold_in_thread, args, stop_holding))
     collector = asyncio.create_task(
-        ClaimCollector(client, interval=args.gc_interval, grace=args.gc_grace).run()
+        ClaimCollector(
+            client,
+            interval=args.gc_interval,
+            grace=args.gc_grace,
+            cache=reconciler.claim_cache(),
+            full_every=args.gc_full_every,
+        ).run()
     )
     workers = asyncio.create_task(reconciler.queue.run())
     counts = asyncio.create_task(reconciler.run_network_counts())

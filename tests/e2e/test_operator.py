@@ -29,6 +29,8 @@ from voile import kube
 from voile.api import constants as c
 from voile.controlplane import Endpoints
 from voile.crds import install_crds
+from voile_operator.appliers.collector import ClaimCache, ClaimCollector
+from voile_operator.planning import ipam
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR = REPO / ".venv" / "bin" / "voile-operator"
@@ -740,3 +742,86 @@ async def test_network_mtu_change_reaches_endpoints(
 
     await kube.wait_for(updated, timeout=20, what="endpoint status.mtu follows the network")
     assert ((await world.get_network(net) or {})["status"])["mtu"] == 1300
+
+
+# -- the claim collector's cached rounds (in-process, against the real API server) ---------------
+
+
+async def test_cached_collector_rounds_delete_only_what_a_read_of_the_owner_confirms(
+    client: kube.KubeClient,
+) -> None:
+    """The collector run directly (no operator process), with a cache that lags: it knows the
+    claims but none of their owners. Only claims whose owner a GET by name shows gone (or
+    re-created under another uid) are deleted; a claim of a living Endpoint stays."""
+    ns = f"gc-{uuid.uuid4().hex[:6]}"
+    await client.create(
+        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+    )
+    eps = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=ns)
+    made: list[str] = []
+    try:
+        alive = await client.create(
+            eps,
+            {
+                "apiVersion": c.API_VERSION,
+                "kind": c.ENDPOINT,
+                "metadata": {"name": "alive", "namespace": ns},
+                "spec": {"network": f"{ns}-net", "node": "n1", "target": {"host": {}}},
+            },
+        )
+        alive_uid = alive["metadata"]["uid"]
+        owners = {  # address -> (owner name, owner uid)
+            "198.18.80.10": ("alive", alive_uid),  # its owner lives
+            "198.18.80.11": ("gone", str(uuid.uuid4())),  # no such Endpoint
+            "198.18.80.12": ("alive", str(uuid.uuid4())),  # an earlier incarnation of "alive"
+        }
+        claims: list[ipam.IPClaimInfo] = []
+        for ip, (name, uid) in owners.items():
+            body = ipam.ip_claim_body(
+                f"{ns}-net", ipaddress.IPv4Address(ip), namespace=ns, name=name, uid=uid
+            )
+            claim = ipam.parse_ip_claim(await client.create(IP_CLAIMS, body))
+            assert claim is not None
+            claims.append(claim)
+            made.append(claim.name)
+        cache = ClaimCache(ip_claims=lambda: claims, owner_uids=set, ready=lambda: True)
+        collector = ClaimCollector(client, grace=0, cache=cache, full_every=100)
+        collector.rounds = 1  # past its start-up round (a full one): the next are cached
+        assert await collector.run_round() == []  # first sighting: candidates only
+        deleted = await collector.run_round()
+        assert sorted(r.name for r in deleted) == sorted(made[1:])
+        left = {
+            cl["metadata"]["name"]
+            for cl in (await client.list(IP_CLAIMS))[0]
+            if cl["metadata"]["name"] in made
+        }
+        assert left == {made[0]}, "the living Endpoint's claim must stay"
+    finally:
+        for name in made:
+            await client.delete(kube.path(c.GROUP, c.VERSION, c.IP_CLAIMS, name=name))
+        await client.delete(f"{eps}/alive")
+        await client.delete(f"/api/v1/namespaces/{ns}")
+
+
+async def test_full_collector_round_lists_and_collects_an_orphan(client: kube.KubeClient) -> None:
+    """The start-up round (and every ``full_every``-th) lists everything instead of reading the
+    cache: an orphan the cache does not even know is collected after two of them."""
+    body = ipam.ip_claim_body(
+        "gc-full-net",
+        ipaddress.IPv4Address("198.18.81.10"),
+        namespace="gc-full",
+        name="gone",
+        uid=str(uuid.uuid4()),
+    )
+    name = body["metadata"]["name"]
+    await client.create(IP_CLAIMS, body)
+    try:
+        empty = ClaimCache(ip_claims=list, owner_uids=set, ready=lambda: True)
+        collector = ClaimCollector(client, grace=0, cache=empty, full_every=1)
+        first = await collector.run_round()
+        assert name not in {r.name for r in first}
+        second = await collector.run_round()
+        assert name in {r.name for r in second}
+        assert await client.get(kube.path(c.GROUP, c.VERSION, c.IP_CLAIMS, name=name)) is None
+    finally:
+        await client.delete(kube.path(c.GROUP, c.VERSION, c.IP_CLAIMS, name=name))

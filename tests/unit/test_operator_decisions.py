@@ -154,6 +154,36 @@ def test_collector_round(
     assert [r.uid for r in result.collect] == collect
 
 
+@pytest.mark.parametrize(
+    ("rounds_done", "full_every", "full"),
+    [(0, 10, True), (1, 10, False), (9, 10, False), (10, 10, True), (3, 1, True), (0, 0, True)],
+)
+def test_full_round_at_start_and_every_nth(rounds_done: int, full_every: int, full: bool) -> None:
+    assert collector.full_round_due(rounds_done, full_every) is full
+
+
+def owned(owner_uid: str, owner_name: str = "ep") -> collector.ClaimRef:
+    return collector.ClaimRef(
+        kind="IPClaim", name="n-a", uid="a", owner_uid=owner_uid, created=T0,
+        owner_namespace="default", owner_name=owner_name,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("claim", "read_uid", "orphan"),
+    [
+        (owned("e1"), None, True),  # the owner's name is not found in etcd
+        (owned("e1"), "e2", True),  # re-created under its name: another incarnation
+        (owned("e1"), "e1", False),  # still there: the cache lagged
+        (owned("", owner_name=""), None, False),  # names no owner: left to the full rounds
+    ],
+)
+def test_a_cached_candidate_is_collected_only_when_a_read_of_its_owner_confirms(
+    claim: collector.ClaimRef, read_uid: str | None, orphan: bool
+) -> None:
+    assert collector.orphan_confirmed(claim, read_uid) is orphan
+
+
 def lease_state(holder: str | None, age: float, duration: int = 15) -> lease.LeaseState:
     return lease.LeaseState(
         holder=holder, renewed=T0 - age * SEC, duration=duration, resource_version="1"

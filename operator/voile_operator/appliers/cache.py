@@ -34,6 +34,7 @@ class EndpointRef:
     allocated: bool
     vni: int | None
     mtu: int | None
+    uid: str = ""
 
 
 # kopf.Index: key -> a collection of values (one per object that produced the key).

@@ -25,6 +25,7 @@ from voile_operator import metrics
 from voile_operator.appliers import agents
 from voile_operator.appliers.cache import BodyStore, ClaimView, EndpointRef, Index, slim
 from voile_operator.appliers.claims import Allocator, VNIAllocator, VNIResult
+from voile_operator.appliers.collector import ClaimCache
 from voile_operator.appliers.events import post_event
 from voile_operator.appliers.queue import WorkQueue
 from voile_operator.appliers.status import (
@@ -95,6 +96,11 @@ class Reconciler:
         self._dirty_networks: set[str] = set()
         self._network_wakeup = asyncio.Event()
 
+    @property
+    def synced(self) -> bool:
+        """kopf's indexes are filled (it has called a handler)."""
+        return self.networks is not None
+
     # -- what the watches say ---------------------------------------------------------------
 
     def bind(self, indexes: Mapping[str, Any]) -> None:
@@ -158,6 +164,30 @@ class Reconciler:
         store = (self.networks or {}).get(name)
         value = next(iter(store or ()), None)
         return value if isinstance(value, (OverlayNetwork, str)) else None
+
+    def claim_cache(self) -> ClaimCache:
+        """What the claim collector's cached rounds read: these caches, instead of lists."""
+
+        def ip_claims() -> list[ipam.IPClaimInfo]:
+            index = self.claims.by_endpoint or {}
+            return [v for store in index.values() for v in store if isinstance(v, ipam.IPClaimInfo)]
+
+        def owner_uids() -> set[str]:
+            uids = {
+                v.uid
+                for store in (self.endpoints or {}).values()
+                for v in store
+                if isinstance(v, EndpointRef)
+            }
+            uids.update(
+                v.uid
+                for store in (self.networks or {}).values()
+                for v in store
+                if isinstance(v, OverlayNetwork)
+            )
+            return uids
+
+        return ClaimCache(ip_claims=ip_claims, owner_uids=owner_uids, ready=lambda: self.synced)
 
     def endpoint_count(self, network: str) -> int:
         return len(list((self.endpoints or {}).get(network) or ()))

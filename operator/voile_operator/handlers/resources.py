@@ -65,6 +65,7 @@ async def endpoints_by_network(
     status: Mapping[str, Any],
     namespace: str | None,
     name: str,
+    uid: str | None,
     **_: Any,
 ) -> dict[str, EndpointRef]:
     return {
@@ -74,6 +75,7 @@ async def endpoints_by_network(
             allocated=bool(status.get("ip")),
             vni=_int(status.get("vni")),
             mtu=_int(status.get("mtu")),
+            uid=str(uid or ""),
         )
     }
 

@@ -7,6 +7,13 @@ owner that existed when the claim was made is in that list unless it is really g
 is collected only when it was already a candidate in the previous complete round, and it is older
 than the grace period. A round with any failed page is thrown away, and so are the candidates
 remembered from before it: only two consecutive complete rounds count.
+
+Most rounds are *cached*: the claims and their owners come from the operator's watch caches
+instead of complete lists, which are taken only at start-up and every ``full_every`` rounds. A
+cache can lag, so in a cached round a claim to be collected is *confirmed* first: its owner is
+read by name (a GET without resourceVersion: a quorum read from etcd) and the claim goes only if
+that read says the owner does not exist, or exists as another incarnation (another uid). A read
+that fails confirms nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ class ClaimRef:
     uid: str
     owner_uid: str
     created: datetime.datetime | None
+    owner_namespace: str = ""  # an Endpoint's namespace; "" for a network (cluster-scoped)
+    owner_name: str = ""  # "" when the claim names no owner
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -55,3 +64,17 @@ def collector_round(
     return Round(
         candidates=frozenset(candidates), collect=tuple(sorted(collect, key=lambda r: r.name))
     )
+
+
+def full_round_due(rounds_done: int, full_every: int) -> bool:
+    """Round number ``rounds_done`` (0 = the first after start-up) lists everything."""
+    return rounds_done == 0 or full_every <= 1 or rounds_done % full_every == 0
+
+
+def orphan_confirmed(ref: ClaimRef, owner_uid: str | None) -> bool:
+    """Whether a quorum read of the claim's owner by name confirms it is an orphan:
+    ``owner_uid`` is the uid that read returned, None when it answered "not found". A claim that
+    names no owner cannot be checked this way and is left to the complete rounds."""
+    if not ref.owner_name:
+        return False
+    return owner_uid is None or owner_uid != ref.owner_uid
