@@ -13,8 +13,8 @@
 The agent's writes per new Endpoint are two: its finalizer, which also announces the host's
 VTEP (annotation ``voile.dev/vtep``, step 3, before anything is plumbed: the other hosts
 program their way to the Endpoint while it is being plumbed, so its first packet has a way
-back), and one status write with ``status.vtep`` and ``Ready`` once it is plumbed (step 8). While an
-Endpoint waits for its allocation the agent writes nothing the operator's ``Allocated``
+back), and one status write with ``status.vtep`` and ``Ready`` once it is plumbed (step 8).
+While an Endpoint waits for its allocation the agent writes nothing the operator's ``Allocated``
 condition already says (``Reconciler.report_waiting``).
 
 Each step is idempotent, so a crash anywhere is repaired by the next pass. The pass sees the API
@@ -195,7 +195,7 @@ class Reconciler:
         self.vtep = vtep
         segments = self.view.segments()
         work = sort_local(self.view.local(), segments)
-        await self.finalize(work, result)
+        await self.finalize(work, str(vtep), result)
         before = await self.dp.observe()
         attached = await self.attach(work, before, result, verify=verify)
         await self.view.watch_networks({att.network for _, att in work.wanted})
@@ -221,10 +221,10 @@ class Reconciler:
         log.debug("pass done %s", result)
         return result
 
-    async def finalize(self, work: Work, result: PassResult) -> None:
+    async def finalize(self, work: Work, vtep: str, result: PassResult) -> None:
         """Step 3: our finalizer first. An allocated Endpoint that cannot get it is not plumbed
         (further) in this pass, but what it has stays: it is held, not stale."""
-        done = await each(work.wanted, lambda pair: self._finalized(pair[0], result))
+        done = await each(work.wanted, lambda pair: self._finalized(pair[0], vtep, result))
         wanted = []
         for (ep, att), ok in zip(work.wanted, done, strict=True):
             if ok:
@@ -232,7 +232,7 @@ class Reconciler:
             else:
                 work.held.append(att)
         work.wanted = wanted
-        done = await each(work.waiting, lambda pair: self._finalized(pair[0], result))
+        done = await each(work.waiting, lambda pair: self._finalized(pair[0], vtep, result))
         now = self.clock()
         self._waiting_since = {
             ep.uid: self._waiting_since.get(ep.uid, now) for ep, _ in work.waiting
@@ -258,7 +258,7 @@ class Reconciler:
         result.retry = True  # look again when the quiet time is over
         return False
 
-    async def _finalized(self, ep: Endpoint, result: PassResult) -> bool:
+    async def _finalized(self, ep: Endpoint, vtep: str, result: PassResult) -> bool:
         now = self.clock()
         if c.AGENT_FINALIZER in ep.finalizers:
             self._finalizer_added.pop(ep.uid, None)
@@ -266,7 +266,7 @@ class Reconciler:
         if now - self._finalizer_added.get(ep.uid, -WRITTEN_TTL) < WRITTEN_TTL:
             return True  # added a moment ago; the watch has not shown it yet
         try:
-            await self.writer.add_finalizer(ep, vtep=str(self.vtep))
+            await self.writer.add_finalizer(ep, vtep=vtep)
         except kube.ApiError as exc:
             log.info("finalizer not added yet endpoint=%s error=%s", ep.key, exc)
             result.retry = True

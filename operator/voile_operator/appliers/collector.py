@@ -124,13 +124,13 @@ class ClaimCollector:
     async def run_round(self) -> list[plan.ClaimRef]:
         """One round; returns what it deleted. Idempotent."""
         cache = self.cache
-        cached = (
-            cache is not None
-            and cache.ready()
-            and not plan.full_round_due(self.rounds, self.full_every)
-        )
+        if cache is not None and (
+            not cache.ready() or plan.full_round_due(self.rounds, self.full_every)
+        ):
+            cache = None  # this round lists everything
+        cached = cache is not None
         try:
-            if cached and cache is not None:
+            if cache is not None:
                 refs, owners = await self._cached_refs(cache)
             else:
                 refs, owners = await self._listed_refs()
