@@ -1,8 +1,10 @@
 """``voile-operator``: leader election on a Lease, then kopf embedded (watches and indexes), the
 Endpoint work queue, the claim collector and the metrics endpoint.
 
-One replica acts at a time: a replica first acquires the Lease ``voile-operator`` in --namespace
-(the same --id re-acquires at once after a restart; another id waits for expiry), then runs kopf
+Every replica starts its watch caches of Endpoints, IPClaims and OverlayNetworks at once and keeps
+them current, leader or not. One replica acts at a time: a replica first acquires the Lease
+``voile-operator`` in --namespace (the same --id re-acquires at once after a restart; another id
+waits for expiry), then starts the work queue on its warm caches and kopf (OverlayNetworks only)
 in standalone mode. When it cannot renew the Lease it stops kopf and exits non-zero, so that a
 supervisor restarts it as a standby. A clean stop (SIGTERM) releases the Lease for a fast handover.
 """
@@ -18,6 +20,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 import kopf
@@ -130,21 +133,6 @@ async def run(args: argparse.Namespace) -> int:
         identity=args.id,
         duration=args.lease_duration,
     )
-    try:
-        acquiring = asyncio.create_task(elector.acquire())
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not acquiring.done():
-            acquiring.cancel()
-            return 0
-        stopping.cancel()
-        log.info("leading as %s", args.id)
-        return await _lead(args, client, elector)
-    finally:
-        await client.close()
-
-
-async def _lead(args: argparse.Namespace, client: kube.KubeClient, elector: LeaderElector) -> int:
     reconciler = Reconciler(
         client,
         Settings(
@@ -154,6 +142,44 @@ async def _lead(args: argparse.Namespace, client: kube.KubeClient, elector: Lead
         ),
         workers=args.workers,
     )
+    reconciler.watches.start()  # warm while standing by
+    try:
+        acquiring = asyncio.create_task(_acquire(elector, reconciler))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not acquiring.done():
+            acquiring.cancel()
+            return 0
+        stopping.cancel()
+        return await _lead(args, client, elector, reconciler)
+    finally:
+        await reconciler.watches.stop()
+        await client.close()
+
+
+async def _acquire(elector: LeaderElector, reconciler: Reconciler) -> None:
+    """The Lease, then caches that hold their first lists (at once on a warm standby)."""
+    await elector.acquire()
+    waited = time.monotonic()
+    await reconciler.watches.wait_synced()
+    watches = reconciler.watches
+    log.info(
+        "leading as %s: caches ready in %.2f s (endpoints=%d ipclaims=%d networks=%d queued=%d)",
+        elector.identity,
+        time.monotonic() - waited,
+        len(watches.endpoints.cache),
+        len(watches.claims.cache),
+        len(watches.networks.cache),
+        len(reconciler.queue),
+    )
+
+
+async def _lead(
+    args: argparse.Namespace,
+    client: kube.KubeClient,
+    elector: LeaderElector,
+    reconciler: Reconciler,
+) -> int:
     kopf_stop = asyncio.Event()
     operator = asyncio.create_task(
         kopf.operator(

@@ -51,3 +51,26 @@ NODES_LOST = Gauge(
     "Nodes whose agent has not renewed its heartbeat Lease for its duration (their Endpoints "
     "show Ready=Unknown NodeLost and the other nodes do not forward to them).",
 )
+WATCH_EVENTS = Counter(
+    "voile_operator_watch_events_total",
+    "Watch events received by the operator's own caches, per informer (endpoints, ipclaims, "
+    "networks).",
+    ["informer"],
+)
+WATCH_RESTARTS = Counter(
+    "voile_operator_watch_restarts_total",
+    "Lists of the operator's watches (how=list: the first, and after a 410 Gone or a refusal) "
+    "and watches resumed from their last resourceVersion after a connection failure "
+    "(how=resume).",
+    ["how"],
+)
+INVALID_OBJECTS = Counter(
+    "voile_operator_invalid_objects_total",
+    "Watched objects (versions) the operator's caches could not read; the last good one is kept.",
+    ["informer"],
+)
+CACHED_OBJECTS = Gauge(
+    "voile_operator_cached_objects",
+    "Objects in the operator's watch caches, per informer (kept warm on standby replicas too).",
+    ["informer"],
+)

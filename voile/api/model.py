@@ -484,3 +484,18 @@ def _lenient_ip(value: object) -> ipaddress.IPv4Address | None:
         return ipaddress.IPv4Address(value) if isinstance(value, str) else None
     except ValueError:
         return None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Invalid:
+    """A watched object that does not parse (its name, which version, and why)."""
+
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    error: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"

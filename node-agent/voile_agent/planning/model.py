@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
+from voile.api.model import Invalid as Invalid  # re-exported: the agent names it from here
 from voile.api.model import TargetKind
 
 # Tag on kernel links the agent creates (IFLA_IFALIAS = "voile:<endpoint uid>"), so that a restart
@@ -108,18 +109,3 @@ class HostPlan:
             if seg.vni == vni:
                 return seg
         return None
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class Invalid:
-    """A watched object that does not parse (its name, which version, and why)."""
-
-    namespace: str
-    name: str
-    uid: str
-    resource_version: str
-    error: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"

@@ -35,6 +35,7 @@ class EndpointRef:
     vni: int | None
     mtu: int | None
     uid: str = ""
+    network: str = ""
 
 
 # kopf.Index: key -> a collection of values (one per object that produced the key).

@@ -1,8 +1,9 @@
 """observe -> plan -> apply for one Endpoint or one OverlayNetwork.
 
-Endpoints: kopf's watch events feed a work queue (``queue.WorkQueue``), whose workers reconcile
-one Endpoint at a time each, from the latest body and the watch caches (``cache``): no list, no
-kopf state on the object. Networks (few) keep kopf's handlers. Each reconcile is idempotent:
+Endpoints: the operator's own watches (``watches.Watches``, warm on standby replicas too) feed a
+work queue (``queue.WorkQueue``), whose workers reconcile one Endpoint at a time each, from the
+latest body and the watch caches (``cache``): no list, no kopf state on the object. Networks
+(few) keep kopf's handlers. Each reconcile is idempotent:
 rerunning it after a crash or a restart reuses the claims it finds (by the Endpoint's uid) and
 applies status only when it differs.
 """
@@ -21,9 +22,10 @@ from voile import clock, kube
 from voile.api import constants as c
 from voile.api.model import Endpoint, OverlayNetwork, parse_endpoint, parse_overlay_network
 from voile.errors import ValidationError
+from voile.informer import Change, object_key
 from voile_operator import metrics
 from voile_operator.appliers import agents
-from voile_operator.appliers.cache import BodyStore, ClaimView, EndpointRef, Index, slim
+from voile_operator.appliers.cache import BodyStore, ClaimView, EndpointRef, slim
 from voile_operator.appliers.claims import Allocator, VNIAllocator, VNIResult
 from voile_operator.appliers.collector import ClaimCache
 from voile_operator.appliers.events import post_event
@@ -33,9 +35,11 @@ from voile_operator.appliers.status import (
     apply_network_status,
     now_rfc3339,
 )
+from voile_operator.appliers.watches import BY_ENDPOINT, BY_NETWORK, Watches
 from voile_operator.planning import agents as agent_plan
 from voile_operator.planning import ipam
 from voile_operator.planning import status as plan
+from voile_operator.planning.ipam import IPClaimInfo
 from voile_operator.planning.vni import mtu_for
 
 log = logging.getLogger(__name__)
@@ -71,23 +75,30 @@ class _Gone(Exception):
 class Reconciler:
     """The operator's state: watch caches, the Endpoint work queue, the waiting Endpoints.
 
-    kopf's watches feed it (``endpoint_event``, ``claim_event``, ``network_event``, called by the
-    thin handlers) and its indexes are bound with ``bind``; the queue's workers reconcile one
-    Endpoint at a time each (``process``). Nothing here lists the world in a loop: a network's
-    change re-queues only the Endpoints that show a different VNI or MTU, and a release wakes
-    only the Endpoints waiting in that network.
+    Its watches feed it (``watches``: started with the process, on every replica); the queue's
+    workers (started with leadership) reconcile one Endpoint at a time each (``process``).
+    Nothing here lists the world in a loop: a network's change re-queues only the Endpoints that
+    show a different VNI or MTU, and a release wakes only the Endpoints waiting in that network.
     """
 
     def __init__(self, client: kube.KubeClient, settings: Settings, *, workers: int = 64) -> None:
         self.client = client
         self.settings = settings
+        self.watches = Watches(
+            client,
+            on_endpoint=self._endpoint_changed,
+            on_claim=self._claim_changed,
+            on_network=self._network_changed_event,
+        )
         self.claims = ClaimView()
+        self.claims.bind(
+            self.watches.claims.cache.index(BY_ENDPOINT),
+            self.watches.claims.cache.index(BY_NETWORK),
+        )
         self.ips = Allocator(client, self.claims, on_release=self.wake)
         self.vnis = VNIAllocator(client)
         self.bodies = BodyStore()
         self.queue: WorkQueue[Key] = WorkQueue(self.process, workers=workers)
-        self.networks: Index | None = None  # kopf index: name -> parsed OverlayNetwork | error
-        self.endpoints: Index | None = None  # kopf index: network -> EndpointRef
         self.network_bodies: dict[str, dict[str, Any]] = {}
         # Endpoints without an address, per network: re-queued when something changes in their
         # network (a release, the network appearing or getting its VNI), else every sweep.
@@ -98,43 +109,44 @@ class Reconciler:
 
     @property
     def synced(self) -> bool:
-        """kopf's indexes are filled (it has called a handler)."""
-        return self.networks is not None
+        """The watch caches hold their first complete lists."""
+        return self.watches.synced
 
     # -- what the watches say ---------------------------------------------------------------
 
-    def bind(self, indexes: Mapping[str, Any]) -> None:
-        """kopf's indexes (passed to every handler); bound once, they stay current."""
-        if self.networks is None:
-            self.networks = indexes["network_index"]
-            self.endpoints = indexes["endpoints_by_network"]
-            self.claims.bind(indexes["ipclaims_by_endpoint"], indexes["ipclaims_by_network"])
-
-    def endpoint_event(self, kind: str | None, body: Body) -> None:
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
-        self._network_changed(str((body.get("spec") or {}).get("network", "")))
-        if kind == "DELETED":
+    def _endpoint_changed(self, change: Change[EndpointRef]) -> None:
+        """Every change of an Endpoint queues its key with its latest body: on a standby too,
+        whose queue starts with leadership (then each Endpoint is checked once, those waiting
+        for an address or a release first)."""
+        ref = change.new or change.old
+        namespace, _, name = change.key.partition("/")
+        key = (namespace, name)
+        self._network_changed(ref.network if ref else "")
+        if change.kind == "DELETED":
             self.bodies.drop(key)
             self.queue.forget(key)
             self.forget(*key)
             return
+        body = change.obj or {}
         if self.bodies.offer(key, body):
-            self.queue.add(key)
+            meta = body.get("metadata") or {}
+            urgent = bool(meta.get("deletionTimestamp")) or not (ref and ref.allocated)
+            self.queue.add(key, urgent=urgent)
 
-    def claim_event(self, kind: str | None, body: Body) -> None:
-        network = str((body.get("spec") or {}).get("network", ""))
+    def _claim_changed(self, change: Change[IPClaimInfo]) -> None:
+        claim = change.new or change.old
+        network = claim.network if claim else ""
         self._network_changed(network)
-        if kind == "DELETED":
+        if change.kind == "DELETED":
             self.wake(network)  # someone may wait for this address (or for any address)
 
-    def network_event(self, kind: str | None, body: Body) -> None:
-        name = str((body.get("metadata") or {}).get("name", ""))
-        if kind == "DELETED":
+    def _network_changed_event(self, change: Change[OverlayNetwork | str]) -> None:
+        name = change.key.partition("/")[2]
+        if change.kind == "DELETED":
             self.network_bodies.pop(name, None)
             self.vnis.forget(name)
-        else:
-            self.network_bodies[name] = slim(body)
+        elif change.obj is not None:
+            self.network_bodies[name] = slim(change.obj)
         self.wake(name)
 
     def wake(self, network: str) -> None:
@@ -161,36 +173,25 @@ class Reconciler:
             self._network_wakeup.set()
 
     def network_of(self, name: str) -> OverlayNetwork | str | None:
-        store = (self.networks or {}).get(name)
-        value = next(iter(store or ()), None)
-        return value if isinstance(value, (OverlayNetwork, str)) else None
+        return self.watches.networks.cache.get(object_key(None, name))
 
     def claim_cache(self) -> ClaimCache:
         """What the claim collector's cached rounds read: these caches, instead of lists."""
 
         def ip_claims() -> list[ipam.IPClaimInfo]:
-            index = self.claims.by_endpoint or {}
-            return [v for store in index.values() for v in store if isinstance(v, ipam.IPClaimInfo)]
+            return self.watches.claims.items()
 
         def owner_uids() -> set[str]:
-            uids = {
-                v.uid
-                for store in (self.endpoints or {}).values()
-                for v in store
-                if isinstance(v, EndpointRef)
-            }
+            uids = {ref.uid for ref in self.watches.endpoints.items()}
             uids.update(
-                v.uid
-                for store in (self.networks or {}).values()
-                for v in store
-                if isinstance(v, OverlayNetwork)
+                net.uid for net in self.watches.networks.items() if isinstance(net, OverlayNetwork)
             )
             return uids
 
         return ClaimCache(ip_claims=ip_claims, owner_uids=owner_uids, ready=lambda: self.synced)
 
     def endpoint_count(self, network: str) -> int:
-        return len(list((self.endpoints or {}).get(network) or ()))
+        return len(self.watches.endpoints.cache.by(BY_NETWORK, network))
 
     # -- the queue's worker -------------------------------------------------------------------
 
@@ -524,10 +525,8 @@ class Reconciler:
         spec.mtu edited), from the index: only those, and no list. Returns how many."""
         stale = [
             ref
-            for ref in (self.endpoints or {}).get(net.name) or ()
-            if isinstance(ref, EndpointRef)
-            and ref.allocated
-            and (ref.vni, ref.mtu) != (net.vni, net.mtu)
+            for ref in self.watches.endpoints.cache.by(BY_NETWORK, net.name)
+            if ref.allocated and (ref.vni, ref.mtu) != (net.vni, net.mtu)
         ]
         for ref in stale:
             self.queue.add((ref.namespace, ref.name))
