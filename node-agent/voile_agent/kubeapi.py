@@ -20,8 +20,7 @@ from voile import clock, kube
 from voile.api import conditions
 from voile.api import constants as c
 from voile.api.conditions import Condition
-from voile.api.model import Endpoint
-from voile_agent.planning.model import Invalid
+from voile.api.model import Endpoint, Invalid
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ import pytest
 from voile.api import conditions
 from voile.api import constants as c
 from voile.api.conditions import Condition
-from voile.api.model import Endpoint
+from voile.api.model import Endpoint, Invalid
 from voile.errors import DatapathError, PlumbingError
 from voile_agent.controller.reconcile import WAITING_QUIET, WRITTEN_TTL, Reconciler
 from voile_agent.datapath.base import Observed
 from voile_agent.datapath.null import NullDatapath
 from voile_agent.planning import state
-from voile_agent.planning.model import Attachment, HostPlan, Invalid, Segment
+from voile_agent.planning.model import Attachment, HostPlan, Segment
 
 NODE = "host-1"
 VTEP = "198.18.0.1"

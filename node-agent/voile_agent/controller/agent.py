@@ -21,7 +21,13 @@ from collections.abc import Callable, Collection, Sequence
 
 from voile import kube
 from voile.api import constants as c
-from voile.api.model import Endpoint, OverlayNetwork, parse_endpoint, parse_overlay_network
+from voile.api.model import (
+    Endpoint,
+    Invalid,
+    OverlayNetwork,
+    parse_endpoint,
+    parse_overlay_network,
+)
 from voile.errors import DatapathError
 from voile_agent import metrics
 from voile_agent.controller.informer import Informer
@@ -32,7 +38,7 @@ from voile_agent.controller.watchdog import Watchdog
 from voile_agent.datapath.base import Datapath
 from voile_agent.kubeapi import KubeWriter
 from voile_agent.planning import state
-from voile_agent.planning.model import Invalid, Segment
+from voile_agent.planning.model import Segment
 from voile_agent.planning.watchdog import Check
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from typing import TypeVar
 
 from voile import informer as shared
 from voile import kube
-from voile.informer import Obj as Obj
-from voile.informer import Restart as Restart
-from voile.informer import restart_after as restart_after
+from voile.informer import Obj, Restart, restart_after
 from voile_agent import metrics
+
+__all__ = ["METRICS", "Cache", "Informer", "Obj", "Restart", "restart_after"]
 
 T = TypeVar("T")
 

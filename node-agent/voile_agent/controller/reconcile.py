@@ -37,12 +37,12 @@ from voile import kube
 from voile.api import constants as c
 from voile.api import naming
 from voile.api.conditions import Condition
-from voile.api.model import Endpoint
+from voile.api.model import Endpoint, Invalid
 from voile.errors import DatapathError, PlumbingError
 from voile_agent.datapath.base import Datapath, Observed
 from voile_agent.planning import plan as planner
 from voile_agent.planning import state
-from voile_agent.planning.model import Attachment, HostPlan, Invalid, RemoteEndpoint, Segment
+from voile_agent.planning.model import Attachment, HostPlan, RemoteEndpoint, Segment
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from voile.api.model import Invalid as Invalid  # re-exported: the agent names it from here
 from voile.api.model import TargetKind
 
 # Tag on kernel links the agent creates (IFLA_IFALIAS = "voile:<endpoint uid>"), so that a restart
