@@ -209,6 +209,7 @@ async def _lead(
             namespace=args.namespace,
             interval=args.health_interval,
             max_age=args.health_max_age,
+            sources=reconciler.health_sources(),
         ).run()
     )
     await asyncio.wait({operator, holding}, return_when=asyncio.FIRST_COMPLETED)

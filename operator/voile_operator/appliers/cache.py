@@ -36,6 +36,9 @@ class EndpointRef:
     mtu: int | None
     uid: str = ""
     network: str = ""
+    # What the health loop reads of it (metadata, spec.network/node, status.conditions/health),
+    # in the shape of the API object: it plans from the cache instead of listing every second.
+    health_view: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
 
 # kopf.Index: key -> a collection of values (one per object that produced the key).

@@ -1,11 +1,15 @@
 """The health aggregation loop (leader only): the agents' probe reports -> status.
 
-Every ``interval`` s: one list each of the agents' heartbeat Leases, the OverlayNetworks and the
-Endpoints; ``planning.health.plan_round`` decides; only what changed is applied, by server-side
-apply under its own field manager (``voile-operator-health``), so it owns exactly
+Every ``interval`` s: one list of the agents' heartbeat Leases (one small object per node), and
+the OverlayNetworks and Endpoints as the operator's watch caches hold them (``Sources``; lists
+only without them); ``planning.health.plan_round`` decides; only what changed is applied, by
+server-side apply under its own field manager (``voile-operator-health``), so it owns exactly
 ``status.health`` and the ``DataPathHealthy`` / ``MTUVerified`` conditions and never touches the
 entries of the reconciler (``voile-operator``) or the agent. A failed list skips the round: no
-status is written from a partial view.
+status is written from a partial view. A write planned from a cache a few milliseconds behind the
+previous round's own write repeats it identically (an apply that changes nothing); a NodeLost
+write carries the cached resourceVersion, so a newer Endpoint refuses it (409) and the next round
+decides again.
 
 The same Lease list feeds the lost-node verdict (``planning.nodes``): each Lease's last change is
 timed on this process's monotonic clock, only over healthy lists, and every live Endpoint of a
@@ -17,8 +21,11 @@ owns Ready; when it reports again it takes the entry back).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import aiohttp
 
@@ -36,6 +43,14 @@ log = logging.getLogger(__name__)
 _TRANSIENT = (kube.ApiError, kube.Unreachable, aiohttp.ClientError, OSError, TimeoutError)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Sources:
+    """The OverlayNetworks and Endpoints (API-object shaped) from the watch caches."""
+
+    networks: Callable[[], Iterable[Mapping[str, Any]]]
+    endpoints: Callable[[], Iterable[Mapping[str, Any]]]
+
+
 class HealthMonitor:
     def __init__(
         self,
@@ -44,8 +59,10 @@ class HealthMonitor:
         namespace: str = c.DEFAULT_NAMESPACE,
         interval: float = 1.0,
         max_age: float = 35.0,
+        sources: Sources | None = None,
     ) -> None:
         self.client = client
+        self.sources = sources
         self.namespace = namespace
         self.interval = interval
         self.max_age = max_age
@@ -70,8 +87,7 @@ class HealthMonitor:
         )
         seen_at = time.monotonic()
         self._leases = nodes_plan.observe(self._leases, leases, now=seen_at, max_gap=self.max_gap)
-        networks, _ = await self.client.list(kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS))
-        endpoints, _ = await self.client.list(kube.path(c.GROUP, c.VERSION, c.ENDPOINTS))
+        networks, endpoints = await self._objects()
         written = await self._mark_lost(endpoints, seen_at)
         decided = plan.plan_round(
             networks=networks,
@@ -89,7 +105,14 @@ class HealthMonitor:
             await self._apply(write)
         return len(decided.writes) + written
 
-    async def _mark_lost(self, endpoints: list[kube.Obj], seen_at: float) -> int:
+    async def _objects(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        if self.sources is not None:
+            return list(self.sources.networks()), list(self.sources.endpoints())
+        networks, _ = await self.client.list(kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS))
+        endpoints, _ = await self.client.list(kube.path(c.GROUP, c.VERSION, c.ENDPOINTS))
+        return list(networks), list(endpoints)
+
+    async def _mark_lost(self, endpoints: list[Mapping[str, Any]], seen_at: float) -> int:
         """``Ready=Unknown NodeLost`` on the Endpoints of lost nodes; the writes made."""
         lost = nodes_plan.lost(self._leases, now=seen_at)
         metrics.NODES_LOST.set(len(lost))

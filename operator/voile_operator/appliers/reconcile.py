@@ -29,6 +29,7 @@ from voile_operator.appliers.cache import BodyStore, ClaimView, EndpointRef, sli
 from voile_operator.appliers.claims import Allocator, VNIAllocator, VNIResult
 from voile_operator.appliers.collector import ClaimCache
 from voile_operator.appliers.events import post_event
+from voile_operator.appliers.health import Sources
 from voile_operator.appliers.queue import WorkQueue
 from voile_operator.appliers.status import (
     apply_endpoint_status,
@@ -189,6 +190,13 @@ class Reconciler:
             return uids
 
         return ClaimCache(ip_claims=ip_claims, owner_uids=owner_uids, ready=lambda: self.synced)
+
+    def health_sources(self) -> Sources:
+        """What the health loop reads instead of listing: these caches."""
+        return Sources(
+            networks=lambda: list(self.network_bodies.values()),
+            endpoints=lambda: [ref.health_view for ref in self.watches.endpoints.items()],
+        )
 
     def endpoint_count(self, network: str) -> int:
         return len(self.watches.endpoints.cache.by(BY_NETWORK, network))

@@ -14,7 +14,7 @@ only while the object waits to be reconciled.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from voile import informer, kube
@@ -39,6 +39,19 @@ def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+_HEALTH_META = ("namespace", "name", "uid", "generation", "resourceVersion", "deletionTimestamp")
+
+
+def _health_view(
+    meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {
+        "metadata": {k: meta[k] for k in _HEALTH_META if k in meta},
+        "spec": {k: spec[k] for k in ("network", "node") if k in spec},
+        "status": {k: status[k] for k in ("conditions", "health") if k in status},
+    }
+
+
 def endpoint_ref(obj: informer.Obj) -> EndpointRef:
     """What the operator keeps of an Endpoint. Never refuses one: an invalid spec is the
     reconciler's to report (InvalidSpec), so it must reach the work queue."""
@@ -53,6 +66,7 @@ def endpoint_ref(obj: informer.Obj) -> EndpointRef:
         mtu=_int(status.get("mtu")),
         uid=str(meta.get("uid") or ""),
         network=str(spec.get("network") or ""),
+        health_view=_health_view(meta, spec, status),
     )
 
 
