@@ -11,7 +11,8 @@ control plane and the agents' own work are measured. One run reports:
 - operator and agent CPU seconds and peak RSS (/proc);
 - the baseline in the same run: the raw create rate of the same API server for a concurrent
   client (16 at a time, ConfigMaps of Endpoint size, nothing watching them), and the ratio of
-  the operator's allocations/s to it;
+  the operator's allocations/s to it (``--backlog``: the operator is stopped while the Endpoints
+  are created, so its rate is its own, not the bench's create rate);
 - agent CPU per remote Endpoint change: after everything is Ready, ``--churn`` Endpoints get a
   status change no datapath depends on (a condition of the bench's own field manager, as the
   operator's health conditions are) and then the same number get one that peers must forward on
@@ -351,9 +352,16 @@ async def measure(
         watcher = asyncio.create_task(run.watch(client, stop))
         await asyncio.sleep(1)
         pingers = ping_sampler(run, probe[1], ping_targets, 30.0) if probe else []
+        if args.backlog:  # the operator sees nothing until every Endpoint exists
+            os.kill(pids["operator"], signal.SIGSTOP)
         t0 = time.monotonic()
-        await run.create_all(client, networks, ping_targets)
+        try:
+            await run.create_all(client, networks, ping_targets)
+        finally:
+            if args.backlog:
+                os.kill(pids["operator"], signal.SIGCONT)
         created_in = time.monotonic() - t0
+        resumed = time.monotonic()
         deadline = t0 + args.timeout
         goal = run.allocated if args.no_agents else run.ready
         while time.monotonic() < deadline and len(goal) < args.endpoints:  # noqa: ASYNC110
@@ -388,9 +396,13 @@ async def measure(
     dist("apply -> Ready", ready, n)
     if ping_targets:
         dist("apply -> first ping", list(run.pinged.values()), len(ping_targets))
-    last_alloc = max(run.allocated.values(), default=t0) - t0
+    # with --backlog the operator's own pace: from its SIGCONT, every Endpoint already there
+    start = resumed if args.backlog else t0
+    last_alloc = max(run.allocated.values(), default=start) - start
     print(f"all Ready after            {all_ready:7.1f} s ({len(run.ready)}/{n} Ready)")
     alloc_rate = len(alloc) / last_alloc if last_alloc > 0 else 0.0
+    if args.backlog:
+        print(f"backlog: all {n} created in {created_in:.1f} s with the operator stopped")
     print(f"raw API creates (baseline) {raw_rate:7.1f}/s  ({BASELINE_CONCURRENCY} concurrent)")
     print(
         f"operator allocations       {alloc_rate:7.1f}/s  ratio x{alloc_rate / raw_rate:.2f} of raw"
@@ -529,6 +541,12 @@ def main() -> int:
         "--ping-sample", type=int, default=30, help="Endpoints on OVS hosts pinged (<= 200)"
     )
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument(
+        "--backlog",
+        action="store_true",
+        help="SIGSTOP the operator while the Endpoints are created, then SIGCONT: allocations/s "
+        "at the operator's own pace, not bounded by how fast the bench creates",
+    )
     p.add_argument(
         "--no-agents",
         action="store_true",
