@@ -4,7 +4,8 @@ Real: etcd + kube-apiserver, the operator (supervised), per simulated host an ov
 ovs-vswitchd (netdev, supervised as systemd would: restarted when they exit) and a voile-agent.
 The faults are the ones a user injects with `voile lab restart|pause|resume`
 (voile/lab/faults.py), and fuzzed requests at the agent's doors (tests/fuzzing.py). The agent
-SIGKILL fault is in test_lab.py; operator chaos in bench/bench_chaos.py.
+SIGKILL fault is in test_lab.py; the operator chaos row (two replicas, SIGKILL every 5 s over
+2,000 allocations) in test_operator.py, and at any size in bench/bench_chaos.py.
 docs/faults.md has the table and the measured figures.
 """
 
