@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import os
 import re
 import signal
@@ -47,13 +48,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from voile import kube
+from voile import clock, kube
 from voile.api import constants as c
 from voile.controlplane import ControlPlane
 from voile.crds import install_crds
 from voile.lab.host import add_netns, del_netns
 from voile.lab.lab import Lab
 from voile.lab.measure import first_ping, free_octet, percentile
+from voile_operator.planning import ipam
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
@@ -77,6 +79,18 @@ def proc_stats(pid: int) -> tuple[float, float]:
         return cpu, int(hwm.split()[1]) / 1024
     except (OSError, IndexError, ValueError):
         return 0.0, 0.0
+
+
+def supervised(pid: int) -> int:
+    """The process a ``voile.lab.supervise`` wrapper runs (its only child), else ``pid``."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"voile.lab.supervise" not in cmdline:
+            return pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return pid
+    return int(children[0]) if len(children) == 1 else pid
 
 
 def null_agent(kubeconfig: Path, node: str, vtep: str, state: Path) -> list[str]:
@@ -208,6 +222,82 @@ async def raw_baseline(client: kube.KubeClient, count: int) -> float:
     t0 = time.monotonic()
     await asyncio.gather(*(one(i) for i in range(count)))
     rate = count / (time.monotonic() - t0)
+    await client.request("DELETE", url)  # deletecollection
+    return rate
+
+
+RAW_FINALIZER = "bench.voile.dev/raw"
+RAW_MANAGER = "bench-scale-raw"
+
+
+async def raw_allocation_baseline(client: kube.KubeClient, count: int, workers: int = 64) -> float:
+    """Allocations/s of the operator's own three writes done by a plain client, ``workers`` at a
+    time, with no decision in between: per pre-created Endpoint its finalizer (server-side
+    apply) together with an IPClaim create, then the status (server-side apply on /status).
+    What the API server and etcd can give an allocator here. The operator is stopped meanwhile
+    (its watch sees the objects come and go afterwards); everything is removed again."""
+    ns = "bench-scale-rawalloc"
+    await ensure_ns(client, ns)
+    url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=ns)
+    names = [f"raw-{i:05d}" for i in range(count)]
+    sem = asyncio.Semaphore(workers)
+
+    async def create(name: str, i: int) -> dict[str, Any]:
+        async with sem:
+            return await client.create(
+                url,
+                {
+                    "apiVersion": c.API_VERSION,
+                    "kind": c.ENDPOINT,
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {"network": f"raw-net-{i % 10}", "node": "null-raw",
+                             "target": {"host": {}}},
+                },
+            )  # fmt: skip
+
+    made = await asyncio.gather(*(create(n, i) for i, n in enumerate(names)))
+
+    async def allocate(obj: dict[str, Any], i: int) -> None:
+        meta = obj["metadata"]
+        ip = ipaddress.IPv4Address("198.19.0.0") + 2 + i // 10
+        one = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=ns, name=meta["name"])
+        fin = {"apiVersion": c.API_VERSION, "kind": c.ENDPOINT,
+               "metadata": {"name": meta["name"], "namespace": ns, "uid": meta["uid"],
+                            "finalizers": [RAW_FINALIZER]}}  # fmt: skip
+        claim = ipam.ip_claim_body(
+            f"raw-net-{i % 10}", ip, namespace=ns, name=meta["name"], uid=meta["uid"]
+        )
+        status = {"apiVersion": c.API_VERSION, "kind": c.ENDPOINT,
+                  "metadata": {"name": meta["name"], "namespace": ns},
+                  "status": {"ip": str(ip), "mac": "0a:58:c6:13:00:02", "prefixLength": 16,
+                             "vni": 4096 + i % 10, "mtu": 1450, "observedGeneration": 1,
+                             "conditions": [{"type": "Allocated", "status": "True",
+                                             "reason": "Allocated", "message": f"allocated {ip}",
+                                             "lastTransitionTime": clock.now_rfc3339(),
+                                             "observedGeneration": 1}]}}  # fmt: skip
+        async with sem:
+            await asyncio.gather(
+                client.patch(one, fin, kind="apply", field_manager=RAW_MANAGER),
+                client.create(kube.path(c.GROUP, c.VERSION, c.IP_CLAIMS), claim),
+            )
+            await client.patch(one + "/status", status, kind="apply", field_manager=RAW_MANAGER)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(allocate(obj, i) for i, obj in enumerate(made)))
+    rate = count / (time.monotonic() - t0)
+    for k in range(10):  # clean up: claims, finalizers, Endpoints
+        await client.request(
+            "DELETE",
+            kube.path(c.GROUP, c.VERSION, c.IP_CLAIMS),
+            params={"labelSelector": f"{c.LABEL_NETWORK}=raw-net-{k}"},
+        )
+
+    async def release(name: str) -> None:
+        one = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=ns, name=name)
+        async with sem:
+            await client.patch(one, {"metadata": {"finalizers": None}}, kind="merge")
+
+    await asyncio.gather(*(release(n) for n in names))
     await client.request("DELETE", url)  # deletecollection
     return rate
 
@@ -346,6 +436,12 @@ async def measure(
 
         await kube.wait_for(nets_ready, timeout=120, what="networks Ready")
         raw_rate = await raw_baseline(client, min(args.endpoints, 2000))
+        os.kill(pids["operator"], signal.SIGSTOP)  # the baseline's objects are not its work
+        try:
+            raw_alloc_rate = await raw_allocation_baseline(client, min(args.endpoints, 2000))
+        finally:
+            os.kill(pids["operator"], signal.SIGCONT)
+        await asyncio.sleep(3)  # the operator drains the baseline's events
         before_stats = {k: proc_stats(p) for k, p in pids.items()}
         before = await request_counts(client)
         stop = asyncio.Event()
@@ -405,7 +501,12 @@ async def measure(
         print(f"backlog: all {n} created in {created_in:.1f} s with the operator stopped")
     print(f"raw API creates (baseline) {raw_rate:7.1f}/s  ({BASELINE_CONCURRENCY} concurrent)")
     print(
+        f"raw allocation writes       {raw_alloc_rate:7.1f}/s  (finalizer + claim, then status; "
+        "64 concurrent, no operator)"
+    )
+    print(
         f"operator allocations       {alloc_rate:7.1f}/s  ratio x{alloc_rate / raw_rate:.2f} of raw"
+        f" creates, x{alloc_rate / raw_alloc_rate:.2f} of the raw allocation writes"
     )
     delta = after - before
     delta[("POST", "endpoints")] -= n  # the bench's own
@@ -592,7 +693,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
             lab.up(hosts=args.ovs_hosts)
             kubeconfig = lab.kubeconfig
             state = lab._state()
-            pids["operator"] = int(state["pids"]["operator"])
+            pids["operator"] = supervised(int(state["pids"]["operator"]))
             for i in range(1, args.ovs_hosts + 1):
                 pids[f"agent/host-{i}"] = int(state["pids"][f"agent/host-{i}"])
                 nodes.append(f"host-{i}")
