@@ -6,6 +6,7 @@ does not replace its last valid version. Pure: raw API objects in, no API server
 from __future__ import annotations
 
 import copy
+import ipaddress
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from voile.api.model import Endpoint, OverlayNetwork, parse_endpoint, parse_over
 from voile_agent import metrics
 from voile_agent.controller.informer import Cache
 from voile_agent.planning import state
+from voile_agent.planning.model import Segment
 
 
 def endpoint(name: str = "db", **status: Any) -> dict[str, Any]:
@@ -167,3 +169,34 @@ def test_a_relist_wakes_only_when_something_forwarding_uses_differs() -> None:
     broken = changed(touched, "spec", "nonsense")
     assert cache.replace([broken]) is False, "a bad version is not read as the object going"
     assert [e.name for e in cache.values()] == ["db"] and list(cache.invalid) == ["default/db"]
+
+
+def test_remote_endpoints_are_kept_slim_with_what_forwarding_reads() -> None:
+    cache: Cache[Endpoint] = Cache(
+        state.parse_remote, project=state.forwarding, name="remote-endpoints"
+    )
+    obj = endpoint(conditions=[
+        {"type": "Allocated", "status": "True", "reason": "Allocated", "message": "a " * 40},
+        {"type": "DataPathHealthy", "status": "True", "reason": "Healthy", "message": "ok"},
+    ])  # fmt: skip
+    obj["metadata"]["labels"] = {"team": "a"}
+    obj["metadata"]["finalizers"] = [c.OPERATOR_FINALIZER]
+    cache.apply("ADDED", obj)
+    (ep,) = cache.values()
+    assert ep.status.conditions == () and not ep.labels and not ep.finalizers
+    full = parse_endpoint(obj)
+    assert state.forwarding(ep) == state.forwarding(full) is not None
+    segs = {
+        "blue": Segment(
+            network="blue", vni=100, mtu=1450, cidr=ipaddress.ip_network("198.19.1.0/24")
+        )
+    }
+    assert state.remote_endpoint(ep, segs, node="host-1") == state.remote_endpoint(
+        full, segs, node="host-1"
+    )
+    lost = changed(obj, "status.conditions", [
+        {"type": "Ready", "status": "Unknown", "reason": c.Reason.NODE_LOST.value, "message": "x"},
+    ])  # fmt: skip
+    assert cache.apply("MODIFIED", lost) is True  # the verdict is kept: peers stop sending
+    (ep,) = cache.values()
+    assert state.node_lost(ep) and state.forwarding(ep) is None

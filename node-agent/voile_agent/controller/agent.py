@@ -139,7 +139,7 @@ class ApiView:
             informer = Informer(
                 self.client,
                 kube.path(c.GROUP, c.VERSION, c.ENDPOINTS),
-                parse=parse_endpoint,
+                parse=state.parse_remote,
                 project=state.forwarding,
                 on_change=self._wake.set,
                 field_selector=f"spec.network={name}",

@@ -123,6 +123,26 @@ def node_lost(ep: Endpoint) -> bool:
     return ready is not None and ready.reason == c.Reason.NODE_LOST.value
 
 
+def slim_remote(ep: Endpoint) -> Endpoint:
+    """What an agent keeps of an Endpoint it watches for forwarding (its networks' Endpoints):
+    everything ``remote_endpoint`` and ``forwarding`` read, without the conditions other than a
+    ``NodeLost`` verdict, labels, annotations and finalizers. At 10,000 watched Endpoints that is
+    about 10 MB less per agent."""
+    lost = ep.status.condition(c.ConditionType.READY) if node_lost(ep) else None
+    return dataclasses.replace(
+        ep,
+        status=dataclasses.replace(ep.status, conditions=(lost,) if lost else ()),
+        finalizers=(),
+        labels={},
+        annotations={},
+    )
+
+
+def parse_remote(obj: Mapping[str, Any]) -> Endpoint:
+    """An Endpoint of a watched network, parsed and slimmed (``slim_remote``)."""
+    return slim_remote(parse_endpoint(obj))
+
+
 def remote_endpoint(
     ep: Endpoint, segs: Mapping[str, Segment], *, node: str
 ) -> RemoteEndpoint | None:
