@@ -255,8 +255,12 @@ class EbpfDatapath:
         else:
             netlink.plumb_handoff(att, tx_off=tx_off)
             device = att.port
-        index = kernel.links()[device][0]
-        if kernel.attached().get(index) != self._prog_id("from_ep"):
+        index = kernel.link_index(device)
+        if index is None:
+            raise DatapathError(f"port {device} vanished while it was plumbed")
+        # the pass observed just before: a device seen with from_ep on this very ifindex keeps
+        # it (a bpftool dump per attachment was most of a pass at a few hundred ports)
+        if index not in self._ifindexes.values():
             kernel.attach(device, self._prog("from_ep"))
 
     async def attach(self, attachment: Attachment) -> None:

@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -121,20 +120,29 @@ def load(obj: Path, pin_dir: Path) -> None:
 # -- links ---------------------------------------------------------------------------------------
 
 
-def _alias(link: Any) -> str:
-    return str(link.get_attr("IFLA_IFALIAS") or "")
-
-
 def links() -> dict[str, tuple[int, str]]:
-    """Every link of this namespace: name -> (ifindex, alias)."""
+    """Every link of this namespace: name -> (ifindex, alias). By ``ip -j link show``: iproute2
+    decodes a dump of 400 links in a few milliseconds, pyroute2 took 100-300 ms (a pass and
+    every attachment read it)."""
+    proc = run("ip", "-j", "link", "show")
+    try:
+        data = json.loads(proc.stdout or "[]")
+        return {
+            str(link["ifname"]): (int(link["ifindex"]), str(link.get("ifalias") or ""))
+            for link in data
+        }
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise DatapathError(f"ip -j link show: unreadable output: {exc}") from exc
+
+
+def link_index(name: str) -> int | None:
+    """The ifindex of one link (None: there is none by that name), without a dump."""
     try:
         with IPRoute() as ipr:
-            return {
-                str(link.get_attr("IFLA_IFNAME")): (int(link["index"]), _alias(link))
-                for link in ipr.get_links()
-            }
+            found = ipr.link_lookup(ifname=name)
     except (NetlinkError, OSError) as exc:
-        raise DatapathError(f"cannot list links: {exc}") from exc
+        raise DatapathError(f"cannot look up link {name}: {exc}") from exc
+    return int(found[0]) if found else None
 
 
 def mtu_of_address(address: str) -> int | None:
