@@ -178,11 +178,12 @@ def _converge_inner(ipr: Any, index: int, ep: Attachment, name: str) -> None:
     """Name, MAC, MTU, tag, address, up and default route of an interface we own."""
     _converge_link(ipr, index, ep, name)
     want = f"{ep.ip}/{ep.prefix_length}"
-    for addr in _ipv4_addresses(ipr, index):
+    have = _ipv4_addresses(ipr, index)  # one dump (pyroute2 reads every address of the netns)
+    for addr in have:
         if addr != want:
             ip, _, prefix = addr.partition("/")
             ipr.addr("del", index=index, address=ip, prefixlen=int(prefix))
-    if want not in _ipv4_addresses(ipr, index):
+    if want not in have:
         ipr.addr("add", index=index, address=str(ep.ip), prefixlen=ep.prefix_length)
     ipr.link("set", index=index, state="up")
     if ep.gateway is not None and ep.gateway in ipaddress.IPv4Network(want, strict=False):
