@@ -23,7 +23,8 @@ control plane and the agents' own work are measured. One run reports:
 Bounded: E <= 12,000, hosts <= 120, every wait has a deadline (``--timeout``, default 600 s).
 Run as root (OVS hosts), e.g.:
     .venv/bin/python bench/bench_scale.py --hosts 10 --ovs-hosts 10 --endpoints 1000
-    .venv/bin/python bench/bench_scale.py --hosts 100 --ovs-hosts 0 --endpoints 10000
+    .venv/bin/python bench/bench_scale.py --hosts 100 --ovs-hosts 0 --endpoints 10000 \
+        --placement tenant
     .venv/bin/python bench/bench_scale.py --hosts 3 --ovs-hosts 3 --endpoints 30 --rate 10
 """
 
@@ -325,6 +326,16 @@ class Run:
         self.pinged: dict[str, float] = {}
         self.last: dict[str, dict[str, Any]] = {}
 
+    def network_of(self, i: int) -> int:
+        """Index of Endpoint i's network (before the modulo).
+
+        ``all``: every host gets Endpoints of every network (host i % H, network (i // H) % M),
+        so each agent watches all networks and each change reaches every other host.
+        ``tenant``: host h uses network h % M only, so a change reaches the H / M hosts of its
+        network (networks used where they are needed, as a tenant's are)."""
+        hosts = len(self.nodes)
+        return i // hosts if self.args.placement == "all" else i % hosts
+
     async def watch(self, client: kube.KubeClient, stop: asyncio.Event) -> None:
         url = kube.path(c.GROUP, c.VERSION, c.ENDPOINTS, namespace=NS)
         _, rv = await client.list(url)
@@ -356,9 +367,7 @@ class Run:
             name = f"ep-{i:05d}"
             netns = ping_targets.get(name)
             node = self.nodes[i % len(self.nodes)]
-            # every host gets Endpoints of every network (host i % H, network (i // H) % M),
-            # so each agent watches all networks and each change reaches every other host
-            net = networks[0] if netns else networks[(i // len(self.nodes)) % len(networks)]
+            net = networks[0] if netns else networks[self.network_of(i) % len(networks)]
             if period:
                 await asyncio.sleep(max(0.0, t0 + i * period - time.monotonic()))
             async with sem:
@@ -486,7 +495,8 @@ async def measure(
     print(
         f"# {n} endpoints, {args.networks} networks, {len(nodes)} hosts "
         f"({args.ovs_hosts} OVS, {len(nodes) - args.ovs_hosts} null), "
-        f"{'burst' if not args.rate else f'{args.rate}/s'}; created in {created_in:.1f} s"
+        f"{'burst' if not args.rate else f'{args.rate}/s'}, placement {args.placement}; "
+        f"created in {created_in:.1f} s"
     )
     dist("apply -> allocated", alloc, n)
     dist("apply -> Ready", ready, n)
@@ -640,6 +650,13 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=0.0, help="endpoints/s (0 = all at once)")
     p.add_argument(
         "--ping-sample", type=int, default=30, help="Endpoints on OVS hosts pinged (<= 200)"
+    )
+    p.add_argument(
+        "--placement",
+        choices=("all", "tenant"),
+        default="all",
+        help="all: every host holds Endpoints of every network (each change reaches every "
+        "host); tenant: host h holds network h %% M only (a change reaches H/M hosts)",
     )
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument(
