@@ -712,10 +712,13 @@ async def test_ovsdb_paused_under_traffic_removes_nothing_and_converges_after(
     of host 1 is removed and a 100 packets/s ping through host 1 keeps being answered; after
     SIGCONT the agent plumbs the new Endpoint and everything answers.
 
-    The ping may lose a single request here and there (1 of 3,000 in one run of many, when and
-    why not seen again: the loss's time is printed if it comes back) but never two in a row: an
-    outage, not a stray loss, is what a stopped datapath would show. Other hosts losing nothing
-    is asserted by the fault suite (tests/e2e/test_faults.py)."""
+    The ping may lose up to 3 requests, at most 2 in a row (20 ms): on the userspace (netdev)
+    datapath a new port appearing on the host drops 0-2 packets of the host's other traffic in
+    the same 20 ms, with or without a pause (measured without any pause: 9 lost over 80 port
+    additions at 100 packets/s, each as a new veth appeared; docs/datapath.md), and e3 is
+    such a port. An outage, which a stopped datapath would show, loses hundreds in a row; the
+    time of each loss is printed. Other hosts losing nothing is asserted by the fault suite
+    (tests/e2e/test_faults.py)."""
     the_lab, op = lab
     net, ns1, _ = await two_endpoints(the_lab, op, vni=5010, resync=2.0)
     h1, _ = the_lab.hosts
@@ -757,7 +760,9 @@ async def test_ovsdb_paused_under_traffic_removes_nothing_and_converges_after(
     lost = [seq for seq in range(1, count + 1) if seq not in replies]
     when = {seq: _lost_at(replies, seq, marks) for seq in lost}
     assert len(lost) <= 3, f"{len(lost)} of {count} lost: {when}"
-    assert not any(seq + 1 in when for seq in when), f"consecutive requests lost: {when}"
+    assert not any(all(seq + k in when for k in range(3)) for seq in when), (
+        f"3 consecutive requests lost: {when}"
+    )
     flows, ports, links = inventory(h1)
     assert before[1] < ports and before[2] < links, "the new endpoint was not plumbed after"
     await wait_ping(ns3, "198.19.10.3")
