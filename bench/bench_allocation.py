@@ -253,4 +253,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from voile.lab.measure import exit_on_sigterm
+
+    exit_on_sigterm()
     sys.exit(main())

@@ -788,4 +788,7 @@ async def _wait_agents(kubeconfig: Path, nodes: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from voile.lab.measure import exit_on_sigterm
+
+    exit_on_sigterm()
     sys.exit(main())

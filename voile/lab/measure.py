@@ -5,12 +5,25 @@ OverlayNetworks a run allocates from."""
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
 
 from voile import kube
 from voile.api import constants as c
+
+
+def exit_on_sigterm() -> None:
+    """End the process by ``SystemExit`` on SIGTERM (``kill``, ``timeout``), so that every
+    ``finally`` runs and a bench stopped from outside removes the hosts, namespaces and
+    processes it made, as one that ends does. A second SIGTERM during that cleanup is ignored."""
+
+    def stop(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def free_octet(first: int = 15) -> int:
