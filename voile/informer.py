@@ -367,7 +367,10 @@ class Informer(Generic[T]):
 
     async def _list(self) -> str:
         items, rv = await self.client.list(
-            self.url_path, field_selector=self.field_selector, label_selector=self.label_selector
+            self.url_path,
+            field_selector=self.field_selector,
+            label_selector=self.label_selector,
+            managed_fields=False,
         )
         first = not self.synced.is_set()
         matters = self.cache.replace(items)

@@ -82,14 +82,18 @@ class ClaimCollector:
         self.rounds = 0  # complete rounds so far (full or cached)
 
     async def _vni_refs(self) -> list[plan.ClaimRef]:
-        items, _ = await self.client.list(VNI_CLAIMS)
+        items, _ = await self.client.list(VNI_CLAIMS, managed_fields=False)
         return [_vni_ref(vc) for vc in map(vni.parse_vni_claim, items) if vc is not None]
 
     async def _listed_refs(self) -> tuple[list[plan.ClaimRef], set[str]]:
-        ip_items, _ = await self.client.list(IP_CLAIMS)
+        ip_items, _ = await self.client.list(IP_CLAIMS, managed_fields=False)
         vni_refs = await self._vni_refs()
-        endpoints, _ = await self.client.list(kube.path(c.GROUP, c.VERSION, c.ENDPOINTS))
-        networks, _ = await self.client.list(kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS))
+        endpoints, _ = await self.client.list(
+            kube.path(c.GROUP, c.VERSION, c.ENDPOINTS), managed_fields=False
+        )
+        networks, _ = await self.client.list(
+            kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS), managed_fields=False
+        )
         owners = {str((o.get("metadata") or {}).get("uid", "")) for o in [*endpoints, *networks]}
         refs = [_ip_ref(ipc) for ipc in map(ipam.parse_ip_claim, ip_items) if ipc is not None]
         owners.discard("")

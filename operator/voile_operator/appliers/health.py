@@ -108,8 +108,12 @@ class HealthMonitor:
     async def _objects(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
         if self.sources is not None:
             return list(self.sources.networks()), list(self.sources.endpoints())
-        networks, _ = await self.client.list(kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS))
-        endpoints, _ = await self.client.list(kube.path(c.GROUP, c.VERSION, c.ENDPOINTS))
+        networks, _ = await self.client.list(
+            kube.path(c.GROUP, c.VERSION, c.OVERLAY_NETWORKS), managed_fields=False
+        )
+        endpoints, _ = await self.client.list(
+            kube.path(c.GROUP, c.VERSION, c.ENDPOINTS), managed_fields=False
+        )
         return list(networks), list(endpoints)
 
     async def _mark_lost(self, endpoints: list[Mapping[str, Any]], seen_at: float) -> int:
